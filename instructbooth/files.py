@@ -1,0 +1,62 @@
+"""Atomic file writes: a file is either the old one or the complete new one, never half.
+
+Every writer goes to a temporary file in the same folder, flushes it to disk and
+renames it over the target (`os.replace` is atomic on POSIX and Windows).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from safetensors.torch import save_file
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """Yields a temporary path beside `target`; on success renames it onto `target`."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp_path, target)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def atomic_write(target: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
+    """Calls `write(tmp_path)` and moves the result onto `target` atomically."""
+    with atomic_path(target) as tmp:
+        write(tmp)
+    return Path(target)
+
+
+def write_text(target: str | os.PathLike, text: str) -> Path:
+    return atomic_write(target, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def write_json(target: str | os.PathLike, data: Any) -> Path:
+    return write_text(target, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_safetensors(
+    target: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> Path:
+    """Saves contiguous CPU copies of `tensors` with string `metadata`, atomically."""
+    plain = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    return atomic_write(target, lambda p: save_file(plain, str(p), metadata=metadata))
+
+
+def write_torch(target: str | os.PathLike, obj: Any) -> Path:
+    """`torch.save` through a temporary file (training checkpoints: optimizer, RNG states)."""
+    return atomic_write(target, lambda p: torch.save(obj, p))
