@@ -158,6 +158,28 @@ def test_apply_scales_unet_and_text_separately(injected):
     assert (text_out - base_text).abs().max() > 1e-3
 
 
+def test_convolution_lora_forward_equals_its_merged_weights(tiny):
+    inject_lora(tiny, LoraConfig(rank=3, alpha=1.5, unet_targets=("conv1", "proj_in")), seed=0)
+    randomize_up(tiny)
+    state = lora_state_dict(tiny)
+    assert state["lora_unet_up_blocks_1_resnets_0_conv1.lora_down.weight"].shape == (3, 96, 3, 3)
+    assert state["lora_unet_up_blocks_1_resnets_0_conv1.lora_up.weight"].shape == (32, 3, 1, 1)
+    merged = tiny_components(seed=0)
+    apply_lora(merged, state)
+    torch.testing.assert_close(unet_output(merged), unet_output(tiny), atol=1e-5, rtol=0)
+
+
+def test_dropout_acts_only_in_training_mode():
+    torch.manual_seed(0)
+    layer = LoraLinear(nn.Linear(16, 8), rank=4, alpha=4.0, dropout=0.5)
+    nn.init.normal_(layer.up.weight)
+    x = torch.randn(64, 16)
+    layer.eval()
+    assert torch.equal(layer(x), layer(x))
+    layer.train()
+    assert not torch.equal(layer(x), layer(x))
+
+
 def test_lora_disabled_gives_base_outputs_exactly(injected):
     base = outputs(tiny_components(seed=0))
     randomize_up(injected)
