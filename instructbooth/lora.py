@@ -21,10 +21,11 @@ from torch import nn
 
 from .components import SDComponents
 from .lora_files import LoraMetadata, load_lora, read_lora_metadata, save_lora
-from .lora_keys import ALPHA, DOWN, UP, LoraError, _few, group_by_module, kohya_module_map, patchable_modules
+from .lora_keys import ALPHA, DOWN, UP, LoraError, few_names, group_by_module, kohya_module_map, patchable_modules
 from .lora_keys import text_module_name, unet_module_name
 
 __all__ = [
+    "TEXT_ATTENTION_TARGETS", "TEXT_MLP_TARGETS", "UNET_ATTENTION_TARGETS", "UNET_EXTRA_TARGETS",
     "LoraConfig", "LoraError", "LoraLinear", "LoraMetadata", "apply_lora", "find_unknown_modules", "inject_lora",
     "load_lora", "load_lora_state", "lora_disabled", "lora_parameters", "lora_state_dict", "merge_lora_states",
     "read_lora_metadata", "remove_lora", "save_lora",
@@ -51,6 +52,9 @@ class LoraConfig:
     dropout: float = 0.0  # dropout on the LoRA branch's input during training
 
     def __post_init__(self):
+        for name in ("unet_targets", "text_targets"):  # accept a list (from JSON) or one name
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
         if self.rank < 1:
             raise LoraError(f"LoRA rank must be >= 1, got {self.rank}")
         if not 0.0 <= self.dropout < 1.0:
@@ -146,7 +150,7 @@ def _injection_plan(components: SDComponents, config: LoraConfig) -> list[tuple[
         for target in targets:
             if not any(_matches(path, target) for path, _ in layers):
                 raise LoraError(f"LoRA target {target!r} matches no Linear/Conv2d layer in the {part}; "
-                                f"layer names look like {_few(sorted({p.rsplit('.', 1)[-1] for p, _ in layers}), 8)}")
+                                f"layer names look like {few_names(sorted({p.rsplit('.', 1)[-1] for p, _ in layers}), 8)}")
         plan += [(root, p, m) for p, m in layers if any(_matches(p, t) for t in targets)]
     return plan
 
@@ -230,7 +234,7 @@ def load_lora_state(components: SDComponents, state: Mapping[str, torch.Tensor])
     missing, unexpected = sorted(modules.keys() - groups.keys()), sorted(groups.keys() - modules.keys())
     if missing or unexpected:
         raise LoraError(f"the LoRA state does not fit the injected LoRA: missing {len(missing)} modules "
-                        f"({_few(missing)}), unexpected {len(unexpected)} ({_few(unexpected)})")
+                        f"({few_names(missing)}), unexpected {len(unexpected)} ({few_names(unexpected)})")
     for name, module in modules.items():
         _load_module(name, module, groups[name])
 
@@ -283,7 +287,7 @@ def apply_lora(
     groups = group_by_module(state)
     unknown = sorted(groups.keys() - known.keys())
     if unknown:
-        raise LoraError(f"{len(unknown)} LoRA modules match no layer of this SD1.5 model: {_few(unknown)}")
+        raise LoraError(f"{len(unknown)} LoRA modules match no layer of this SD1.5 model: {few_names(unknown)}")
     layers = _named_layers(components)
     deltas = []
     for name, tensors in groups.items():

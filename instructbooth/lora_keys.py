@@ -119,11 +119,11 @@ def check_kohya_state(state: Mapping[str, torch.Tensor]) -> None:
     refuse_foreign_family(state.keys())
     odd = [k for k in state if not k.startswith((UNET_PREFIX, TEXT_PREFIX)) or split_key(k)[1] not in SUFFIXES]
     if odd:
-        raise LoraError(f"not an SD1.5 kohya LoRA: {len(odd)} keys of unknown form, e.g. {_few(odd)}{_format_hint(odd)}")
+        raise LoraError(f"not an SD1.5 kohya LoRA: {len(odd)} keys of unknown form, e.g. {few_names(odd)}{_format_hint(odd)}")
     modules = {split_key(k)[0] for k in state}
     incomplete = sorted(m for m in modules if f"{m}.{DOWN}" not in state or f"{m}.{UP}" not in state)
     if incomplete:
-        raise LoraError(f"{len(incomplete)} LoRA modules lack a lora_down or lora_up weight, e.g. {_few(incomplete)}")
+        raise LoraError(f"{len(incomplete)} LoRA modules lack a lora_down or lora_up weight, e.g. {few_names(incomplete)}")
 
 
 def refuse_foreign_family(keys: Iterable[str]) -> None:
@@ -132,7 +132,7 @@ def refuse_foreign_family(keys: Iterable[str]) -> None:
     for prefixes, meaning in _FOREIGN_SIGNS:
         found = [k for k in keys if k.startswith(prefixes)]
         if found:
-            raise LoraError(f"not an SD1.5 LoRA: {meaning}, e.g. {_few(found)}")
+            raise LoraError(f"not an SD1.5 LoRA: {meaning}, e.g. {few_names(found)}")
 
 
 def _format_hint(keys: list[str]) -> str:
@@ -142,7 +142,7 @@ def _format_hint(keys: list[str]) -> str:
     return ""
 
 
-def _few(items: Iterable[str], limit: int = 3) -> str:
+def few_names(items: Iterable[str], limit: int = 3) -> str:
     items = list(items)
     shown = ", ".join(items[:limit])
     return shown + (f" (and {len(items) - limit} more)" if len(items) > limit else "")

@@ -315,7 +315,7 @@ def test_merge_equals_applying_one_after_the_other():
 # ---------------------------------------------------------------- third-party kohya files
 
 
-def third_party_state(parts) -> tuple[dict[str, torch.Tensor], dict[str, tuple[str, str, float]]]:
+def third_party_state() -> tuple[dict[str, torch.Tensor], dict[str, tuple[str, str, float]]]:
     """A kohya-style fp16 file as other trainers write it, and (part, path, scale) per module."""
     gen = torch.Generator().manual_seed(5)
 
@@ -342,7 +342,7 @@ def third_party_state(parts) -> tuple[dict[str, torch.Tensor], dict[str, tuple[s
 
 def test_third_party_kohya_file_applies_with_the_right_deltas(tmp_path):
     parts = tiny_components(seed=0)
-    state, expected = third_party_state(parts)
+    state, expected = third_party_state()
     path = tmp_path / "third_party.safetensors"
     from safetensors.torch import save_file
 
@@ -366,7 +366,7 @@ def test_third_party_kohya_file_applies_with_the_right_deltas(tmp_path):
 
 
 def test_third_party_file_merges_into_injected_base(injected):
-    state, expected = third_party_state(injected)
+    state, expected = third_party_state()
     base_lora_params = [p.clone() for p in lora_parameters(injected)]
     assert apply_lora(injected, state) == len(expected)
     assert all(torch.equal(a, b) for a, b in zip(base_lora_params, lora_parameters(injected)))
