@@ -125,8 +125,8 @@ def images_to_bhwc(images: torch.Tensor) -> torch.Tensor:
 class ComfyProgress:
     """Progress bar + cancel for a library training callback.
 
-    The library calls this with an object carrying `step`, `total` and optionally
-    `preview` (an image tensor [3, H, W] in [0, 1]); ComfyUI's progress bar raises when
+    The library calls this with a `training.StepReport` (`step`, `total`, optional
+    `preview`: a PIL image or a tensor [3, H, W] in [0, 1]); ComfyUI's progress bar raises when
     the user presses cancel, which stops the trainer after its last checkpoint.
     """
 
@@ -140,11 +140,13 @@ class ComfyProgress:
         return True
 
 
-def _preview_tuple(image: torch.Tensor | None):
+def _preview_tuple(image):
     if image is None:
         return None
     from PIL import Image
 
+    if isinstance(image, Image.Image):
+        return ("JPEG", image.convert("RGB"), 512)
     array = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
     return ("JPEG", Image.fromarray(array), 512)
 
