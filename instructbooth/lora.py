@@ -72,7 +72,7 @@ class LoraLinear(nn.Module):
 
     def __init__(self, base: nn.Linear | nn.Conv2d, rank: int, alpha: float, dropout: float = 0.0):
         super().__init__()
-        self.base = base
+        self.base = base.requires_grad_(False)
         self.rank, self.alpha = int(rank), float(alpha)
         self.enabled = True
         self.down, self.up = _lora_pair(base, self.rank)
@@ -132,27 +132,36 @@ def inject_lora(components: SDComponents, config: LoraConfig, seed: int | None =
     _save_requires_grad(components)
     components.requires_grad_(False)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    for root, path, base in plan:
-        wrapped = LoraLinear(base, config.rank, config.alpha, config.dropout)
+    wrappers = [LoraLinear(base, config.rank, config.alpha, config.dropout) for _, _, base in plan]
+    for (root, path, _), wrapped in zip(plan, wrappers):
         _init_down(wrapped.down.weight, generator)
         _set_submodule(root, path, wrapped)
     return lora_parameters(components)
 
 
 def _injection_plan(components: SDComponents, config: LoraConfig) -> list[tuple[nn.Module, str, nn.Module]]:
-    """(root, path, layer) of every layer to wrap, in module order; every target must match."""
+    """(root, path, layer) of every layer to wrap, in module order. Raises before anything
+    changes when a target matches nothing or a matched layer cannot be wrapped."""
     plan = []
     for part, root, targets in (("unet", components.unet, config.unet_targets),
                                 ("text_encoder", components.text_encoder, config.text_targets)):
         layers = list(patchable_modules(root))
         if part == "text_encoder":
             layers = [(p, m) for p, m in layers if text_module_name(p) is not None]
-        for target in targets:
-            if not any(_matches(path, target) for path, _ in layers):
-                raise LoraError(f"LoRA target {target!r} matches no Linear/Conv2d layer in the {part}; "
-                                f"layer names look like {few_names(sorted({p.rsplit('.', 1)[-1] for p, _ in layers}), 8)}")
+        _require_matches(part, [p for p, _ in layers], targets)
         plan += [(root, p, m) for p, m in layers if any(_matches(p, t) for t in targets)]
+    grouped = [f"{path} (groups={layer.groups})" for _, path, layer in plan if getattr(layer, "groups", 1) != 1]
+    if grouped:
+        raise LoraError(f"LoRA cannot wrap grouped convolutions: {few_names(grouped)}")
     return plan
+
+
+def _require_matches(part: str, paths: list[str], targets: tuple[str, ...]) -> None:
+    for target in targets:
+        if not any(_matches(path, target) for path in paths):
+            names = sorted({path.rsplit(".", 1)[-1] for path in paths})
+            raise LoraError(f"LoRA target {target!r} matches no Linear/Conv2d layer in the {part}; "
+                            f"layer names look like {few_names(names, 8)}")
 
 
 def _matches(path: str, target: str) -> bool:
