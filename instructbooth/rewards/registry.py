@@ -1,0 +1,76 @@
+"""Rewards by name: `load_reward("brightness")`, `load_reward("target_color:1,0,0")`,
+`load_reward("imagereward:/models/ImageReward.pt", device="cuda")`.
+
+A spec is `name` or `name:argument`; keyword options go to the reward's factory.
+`register_reward(name, factory)` adds a name (factory(argument, **options) -> RewardFn).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .base import RewardFn
+from .simple import BrightnessReward, TargetColorReward, reward_from_function
+
+RewardFactory = Callable[..., RewardFn]
+
+
+def _brightness(argument: str | None = None) -> RewardFn:
+    if argument:
+        raise ValueError(f"brightness takes no argument, got {argument!r}")
+    return BrightnessReward()
+
+
+def _target_color(argument: str | None = None, target: Any = None) -> RewardFn:
+    """argument 'r,g,b' in [0, 1] (e.g. 'target_color:1,0,0') or target=(r, g, b)."""
+    if argument:
+        try:
+            target = tuple(float(part) for part in argument.split(","))
+        except ValueError:
+            raise ValueError(f"target_color takes 'r,g,b' with numbers in [0, 1], got {argument!r}") from None
+    return TargetColorReward(tuple(target)) if target is not None else TargetColorReward()
+
+
+def _imagereward(argument: str | None = None, path: Any = None, **options: Any) -> RewardFn:
+    from .image_reward import load_image_reward
+
+    path = argument or path
+    if not path:
+        raise ValueError("imagereward needs its weight file: 'imagereward:/path/ImageReward.pt' or path=...")
+    return load_image_reward(path, **options)
+
+
+_FACTORIES: dict[str, RewardFactory] = {
+    "brightness": _brightness,
+    "target_color": _target_color,
+    "imagereward": _imagereward,
+}
+
+
+def known_rewards() -> list[str]:
+    return sorted(_FACTORIES)
+
+
+def register_reward(name: str, factory: RewardFactory) -> None:
+    """Makes `load_reward(name)` call `factory(argument_or_None, **options)`."""
+    key = _normalise(name)
+    if key in _FACTORIES:
+        raise ValueError(f"a reward named {key!r} is already registered")
+    _FACTORIES[key] = factory
+
+
+def load_reward(spec: str | Callable[..., Any], **options: Any) -> RewardFn:
+    """A reward from its name (see module doc) or a plain callable (wrapped as a batched reward)."""
+    if callable(spec):
+        return reward_from_function(spec)
+    name, _, argument = str(spec).partition(":")
+    key = _normalise(name)
+    if key not in _FACTORIES:
+        raise ValueError(f"unknown reward {name!r}; known rewards: {', '.join(known_rewards())} "
+                         f"(add one with register_reward, or pass a function)")
+    return _FACTORIES[key](argument or None, **options)
+
+
+def _normalise(name: str) -> str:
+    key = name.strip().lower().replace("-", "_")
+    return "imagereward" if key == "image_reward" else key
