@@ -1,0 +1,30 @@
+"""The InstructBooth node pack for ComfyUI (V3 API).
+
+Nodes are thin: each `execute` validates its inputs, converts ComfyUI types through
+`bridge`, and calls one library function.
+"""
+
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from . import bridge
+
+
+def node_classes() -> list[type[io.ComfyNode]]:
+    from .lora_loader import LoadInstructBoothLoRA
+
+    return [LoadInstructBoothLoRA]
+
+
+class InstructBoothExtension(ComfyExtension):
+    async def on_load(self) -> None:
+        bridge.register_model_folders()
+
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return node_classes()
+
+
+async def comfy_entrypoint() -> InstructBoothExtension:
+    bridge.register_model_folders()
+    return InstructBoothExtension()
