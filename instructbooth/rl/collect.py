@@ -1,0 +1,117 @@
+"""An epoch's data: sample trajectories from the current model, decode, score.
+
+Every process draws the same global prompts and seeds (from generators derived from
+the seed and epoch) and samples its own slice; rewards are gathered per sampling batch,
+so the gathered rewards are in the same order as a single process would produce them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..encoding import decode_latents
+from ..prompts import IDENTIFIER, DrawnPrompt
+from ..sampling import Trajectories, sample_images, sample_trajectories
+from .context import RunContext, derive_seed, generator_for
+
+
+@dataclass
+class EpochSamples:
+    trajectories: Trajectories  # this process's samples, in local order
+    drawn: list[DrawnPrompt]  # every process's prompts, in global order
+    rewards: torch.Tensor  # [N] float32 CPU, global order (N = processes x samples per process)
+    local_rows: torch.Tensor  # [n] long, where this process's samples sit in the global order
+    subject_scores: list[float]  # subject measure of the identifier samples of all processes
+    preview: torch.Tensor | None  # [3, H, W] this process's first image, for the step callback
+    sample_seconds: float
+    reward_seconds: float
+
+
+def reward_metadata(ctx: RunContext, drawn: DrawnPrompt, seed: int) -> dict:
+    subject = ctx.prompts.subject
+    return {"prompt": drawn.text, "group": drawn.group, "template": ctx.prompts.templates[drawn.template],
+            "seed": seed, "identifier": subject.identifier, "class_noun": subject.class_noun}
+
+
+def score(ctx: RunContext, fn, images: torch.Tensor, prompts: list[str], metadata: list[dict], name: str) -> torch.Tensor:
+    """Calls a reward-protocol function and checks its answer -> float32 [B] on the CPU."""
+    values = torch.as_tensor(fn(images.float(), prompts, metadata)).detach().float().cpu().reshape(-1)
+    if values.shape != (images.shape[0],):
+        raise ValueError(f"the {name} returned {tuple(values.shape)} numbers for {images.shape[0]} images; "
+                         "a reward returns one number per image, shape [B]")
+    return values
+
+
+@torch.no_grad()
+def collect_samples(ctx: RunContext, epoch: int) -> EpochSamples:
+    config, processes = ctx.config, ctx.processes
+    size, world = config.sample_batch_size, processes.world_size
+    generator = generator_for(config.seed, epoch, "prompts")
+    parts, drawn_all, rewards, rows, subject_scores = [], [], [], [], []
+    sample_seconds = reward_seconds = 0.0
+    preview = None
+    for batch in range(config.sample_batches):
+        drawn = ctx.prompts.draw(world * size, config.identifier_ratio, generator, config.use_description,
+                                 config.reward_plain_prompt)
+        seeds = torch.randint(0, 2**62, (world * size,), generator=generator).tolist()
+        mine = processes.local_slice(size)
+        local, local_seeds = drawn[mine], seeds[mine]
+
+        start = time.perf_counter()
+        with ctx.precision.autocast():
+            trajectories = sample_trajectories(
+                ctx.components, [d.text for d in local], local_seeds, num_steps=config.sample_steps,
+                guidance=config.guidance, eta=config.eta, height=config.height, width=config.width,
+                negative_prompt=config.negative_prompt, embeddings=ctx.embeddings, schedule=ctx.schedule,
+                prompt_ids=torch.tensor([d.template for d in local]))
+            images = decode_latents(ctx.components, trajectories.final_latents)
+        middle = time.perf_counter()
+        metadata = [reward_metadata(ctx, d, s) for d, s in zip(local, local_seeds)]
+        local_rewards = score(ctx, ctx.reward_fn, images, [d.reward_text for d in local], metadata, "reward")
+        subject_scores += _subject_scores(ctx, images, local, metadata)
+        reward_seconds += time.perf_counter() - middle
+        sample_seconds += middle - start
+
+        preview = images[0].float().cpu() if preview is None else preview
+        parts.append(trajectories)
+        drawn_all += drawn
+        rewards.append(processes.gather(local_rewards))
+        rows.append(batch * world * size + processes.rank * size + torch.arange(size))
+    return EpochSamples(
+        trajectories=Trajectories.cat(parts), drawn=drawn_all, rewards=torch.cat(rewards),
+        local_rows=torch.cat(rows), subject_scores=processes.gather_objects(subject_scores), preview=preview,
+        sample_seconds=sample_seconds, reward_seconds=reward_seconds,
+    )
+
+
+def _subject_scores(ctx: RunContext, images: torch.Tensor, drawn: list[DrawnPrompt], metadata: list[dict]) -> list[float]:
+    """The subject measure of this batch's identifier samples (empty without a measure)."""
+    picked = [i for i, d in enumerate(drawn) if d.group == IDENTIFIER]
+    if ctx.subject_measure is None or not picked:
+        return []
+    scores = score(ctx, ctx.subject_measure, images[picked], [drawn[i].text for i in picked],
+                   [metadata[i] for i in picked], "subject measure")
+    return scores.tolist()
+
+
+@torch.no_grad()
+def evaluate_heldout(ctx: RunContext) -> list[float]:
+    """Rewards of the held-out prompts (with the identifier) at fixed seeds, all processes'."""
+    config, processes = ctx.config, ctx.processes
+    drawn = ctx.prompts.heldout_prompts(config.use_description, config.reward_plain_prompt)
+    items = [(d, derive_seed(config.seed, "heldout", i, j)) for i, d in enumerate(drawn) for j in range(config.heldout_seeds)]
+    mine = items[processes.rank :: processes.world_size]
+    rewards: list[float] = []
+    for start in range(0, len(mine), config.sample_batch_size):
+        chunk = mine[start : start + config.sample_batch_size]
+        with ctx.precision.autocast():
+            images = sample_images(
+                ctx.components, [d.text for d, _ in chunk], [s for _, s in chunk], num_steps=config.sample_steps,
+                guidance=config.guidance, eta=config.eta, height=config.height, width=config.width,
+                negative_prompt=config.negative_prompt, embeddings=ctx.embeddings)
+        metadata = [{"prompt": d.text, "group": d.group, "seed": s} for d, s in chunk]
+        rewards += score(ctx, ctx.reward_fn, images, [d.reward_text for d, _ in chunk], metadata, "reward").tolist()
+    return processes.gather_objects(rewards)

@@ -1,0 +1,347 @@
+"""`train_rl`: the epoch loop of RL fine-tuning (sample -> reward -> train).
+
+Each epoch: draw prompts (the InstructBooth mix of identifier and plain prompts),
+sample trajectories with the current model, score the decoded images, turn rewards
+into advantages (DDPO) or weights (RWR), then train the LoRA on the epoch's samples
+for `inner_epochs` passes. After every epoch: metrics (JSON + reward curve) and an
+atomic checkpoint. The algorithm lives in `collect`, `updates`, `ddpo`, `rwr` and
+`advantages`; this module is the loop and its bookkeeping.
+
+Every random draw of an epoch comes from generators derived from (seed, epoch), so a
+resumed CPU run ends with the same LoRA, bit for bit, and N processes draw exactly what
+one process with N times the batch would.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+
+from ..components import SDComponents
+from ..encoding import encode_images
+from ..lora import LoraMetadata
+from ..prompts import HELDOUT, IDENTIFIER, RLPrompts
+from ..sampling import PromptEmbeddingCache, ddim_schedule
+from ..training import (
+    CheckpointStore,
+    Precision,
+    StepCallback,
+    StepReport,
+    capture_rng,
+    config_mismatch,
+    gradient_checkpointing,
+    notify,
+    require_finite,
+    restore_rng,
+)
+from .advantages import PerPromptStatTracker, batch_normalize, clip_advantages, group_normalize
+from .collect import EpochSamples, collect_samples, evaluate_heldout
+from .config import RESUMABLE_CHANGES, RLConfig
+from .context import RunContext, generator_for
+from .distributed import Processes
+from .metrics import group_stats, summarize, write_metrics
+from .policy import Policy, State, state_fingerprint
+from .rwr import reward_weights
+from .updates import StepStats, ddpo_update, rwr_update
+
+STOP_FINISHED, STOP_CALLBACK, STOP_SUBJECT = "finished", "callback", "subject_guard"
+
+
+@dataclass
+class RLResult:
+    lora_state: State  # ONE LoRA (kohya keys, float32 CPU): personalized + RL-trained, for ComfyUI's LoraLoader alone
+    trained_state: State  # the RL-trained LoRA alone (continue mode: the continued personalized LoRA)
+    metadata: LoraMetadata  # for `save_lora(path, result.lora_state, result.metadata)`
+    metrics: list[dict]  # one entry per epoch (see rl/metrics.py)
+    epochs_done: int
+    stop_reason: str = STOP_FINISHED  # "finished", "callback" or "subject_guard"
+    final_heldout: dict | None = None  # held-out reward stats of the returned LoRA (when evaluated)
+    prompt_stats: dict = field(default_factory=dict)  # per-prompt reward mean/std/count (the stat tracker's buffers)
+    last_checkpoint: Path | None = None
+
+
+@dataclass
+class RunState:
+    epoch: int = 0  # epochs completed
+    optimizer_steps: int = 0
+    history: list[dict] = field(default_factory=list)
+    previous: State | None = None  # the LoRA one epoch back (what the subject guard rolls back to)
+
+
+def train_rl(
+    components: SDComponents,
+    reward_fn: Callable,
+    prompts: RLPrompts,
+    config: RLConfig = RLConfig(),
+    callback: StepCallback | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = True,
+    base_lora: Mapping[str, torch.Tensor] | None = None,
+    *,
+    subject_images: torch.Tensor | None = None,
+    subject_prompt: str | None = None,
+    subject_measure: Callable | None = None,
+    base_model_hash: str = "",
+) -> RLResult:
+    """Fine-tunes `components` (+ the personalized `base_lora`) to maximise `reward_fn`.
+
+    reward_fn / subject_measure: `(images [B,3,H,W] in [0,1], prompts, metadata) -> [B]`.
+    `subject_images` [P, 3, H, W] in [0, 1] (with `subject_prompt`, default "a photo of
+    <trigger phrase>") feed RWR's regulariser. `callback(StepReport)` runs after every
+    optimizer step; returning False (or raising StopTraining) stops the run and returns
+    the LoRA of the last completed epoch, which is also the last checkpoint. With a
+    `checkpoint_dir`, every epoch writes a checkpoint, metrics.json and reward_curve.png
+    there; `resume=True` continues from the newest checkpoint, `resume=False` starts over.
+    Several processes (accelerate launch / torchrun / an initialised process group) share
+    the sampling and average gradients. The components come back as they were, except
+    that with mixed precision their frozen weights stay in 16 bits.
+    """
+    processes = Processes.current()
+    if config.method == "rwr" and config.prior_weight > 0 and subject_images is None:
+        raise ValueError("method 'rwr' with prior_weight > 0 needs subject_images (the personalization photos); "
+                         "pass them or set prior_weight=0")
+    store = CheckpointStore(checkpoint_dir, config.keep_checkpoints) if checkpoint_dir is not None else None
+    if store is not None and not resume:
+        if processes.is_main:
+            store.clear()
+        processes.barrier()
+    with torch.inference_mode(False), torch.enable_grad():
+        modes = [(m, m.training) for m in components.modules()]
+        for module in components.modules():
+            module.eval()  # SD has no dropout: eval keeps sampling and re-scoring identical
+        policy = Policy.prepare(components, config, base_lora)
+        try:
+            precision = Precision.create(config.mixed_precision, components.device)
+            precision.cast_frozen(components.modules(), policy.params)
+            ctx = RunContext(
+                components=components, policy=policy, config=config, prompts=prompts, reward_fn=reward_fn,
+                processes=processes, precision=precision,
+                schedule=ddim_schedule(components.scheduler, config.sample_steps).to(components.device),
+                embeddings=PromptEmbeddingCache(components), subject_measure=subject_measure,
+                subject_prompt=subject_prompt or f"a photo of {prompts.subject.trigger_phrase}",
+            )
+            if subject_images is not None:
+                ctx.subject_latents = _encode_subject(ctx, subject_images)
+            with gradient_checkpointing([components.unet], config.gradient_checkpointing):
+                return _run(ctx, store, callback, checkpoint_dir, base_model_hash)
+        finally:
+            policy.release()
+            for module, training in modes:
+                module.train(training)
+
+
+def _encode_subject(ctx: RunContext, images: torch.Tensor) -> torch.Tensor:
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"subject_images must be [P, 3, H, W] in [0, 1], got {tuple(images.shape)}")
+    with torch.no_grad(), ctx.precision.autocast():
+        latents = encode_images(ctx.components, images.float(), generator=torch.Generator().manual_seed(ctx.config.seed))
+    return latents.float().to(ctx.device)
+
+
+def _run(ctx: RunContext, store, callback, metrics_dir, base_model_hash) -> RLResult:
+    config, processes = ctx.config, ctx.processes
+    optimizer = torch.optim.AdamW(ctx.policy.params, lr=config.learning_rate, betas=config.adam_betas,
+                                  eps=config.adam_eps, weight_decay=config.weight_decay)
+    tracker = PerPromptStatTracker(config.tracker_buffer, config.tracker_min_count)
+    fingerprint = state_fingerprint(ctx.policy.base_lora)
+    state = RunState()
+    saved = store.load() if store is not None else None
+    if saved is not None:
+        _restore(ctx, saved, optimizer, tracker, state, fingerprint)
+    last = store.latest() if store is not None else None
+
+    def finish(reason: str, trained: State, final_heldout: dict | None = None) -> RLResult:
+        if metrics_dir is not None and processes.is_main:
+            write_metrics(metrics_dir, state.history)
+        metadata = _metadata(ctx, base_model_hash, state, reason)
+        return RLResult(ctx.policy.one_file_state(trained), trained, metadata, state.history, state.epoch,
+                        reason, final_heldout, tracker.stats(), last)
+
+    for epoch in range(state.epoch, config.epochs):
+        start_state, began = ctx.policy.trained_state(), time.perf_counter()
+        samples = collect_samples(ctx, epoch)
+        heldout, eval_seconds = _maybe_heldout(ctx, epoch)
+        measure = summarize(samples.subject_scores)["mean"] if samples.subject_scores else None
+        if config.subject_threshold is not None and measure is not None and measure < config.subject_threshold:
+            state.history.append(_entry(ctx, epoch, samples, heldout, [], measure, eval_seconds, 0.0, began, STOP_SUBJECT))
+            rollback = state.previous if state.previous is not None else start_state
+            ctx.policy.load(rollback)
+            return finish(STOP_SUBJECT, rollback)
+        train_began = time.perf_counter()
+        stats, stopped = _train_epoch(ctx, samples, tracker, optimizer, state, store, callback, epoch)
+        if stopped:
+            ctx.policy.load(start_state)
+            return finish(STOP_CALLBACK, start_state)
+        train_seconds = time.perf_counter() - train_began
+        state.history.append(_entry(ctx, epoch, samples, heldout, stats, measure, eval_seconds, train_seconds, began))
+        state.previous, state.epoch = start_state, epoch + 1
+        if store is not None:
+            if processes.is_main:
+                last = store.save(state.epoch, _checkpoint(ctx, optimizer, tracker, state, fingerprint))
+                write_metrics(metrics_dir, state.history)
+            processes.barrier()
+            last = store.latest()
+    final = None
+    if config.heldout_every and ctx.prompts.heldout:
+        final = summarize(evaluate_heldout(ctx))
+    return finish(STOP_FINISHED, ctx.policy.trained_state(), final)
+
+
+def _maybe_heldout(ctx: RunContext, epoch: int) -> tuple[list[float], float]:
+    every = ctx.config.heldout_every
+    if not every or not ctx.prompts.heldout or epoch % every:
+        return [], 0.0
+    began = time.perf_counter()
+    rewards = evaluate_heldout(ctx)
+    return rewards, time.perf_counter() - began
+
+
+# --- one epoch of training -------------------------------------------------------------------
+
+
+def _train_epoch(ctx, samples: EpochSamples, tracker, optimizer, state, store, callback, epoch) -> tuple[list[StepStats], bool]:
+    """Inner epochs of minibatch updates; returns the step statistics and whether to stop."""
+    config = ctx.config
+    if config.method == "ddpo":
+        signal = _advantages(config, tracker, samples)[samples.local_rows]
+    else:
+        signal = reward_weights(samples.rewards, config.rwr_weighting, config.rwr_temperature)[samples.local_rows]
+    identifier = torch.tensor([samples.drawn[i].group == IDENTIFIER for i in samples.local_rows.tolist()])
+    per_epoch = config.inner_epochs * config.samples_per_epoch // config.train_batch_size
+    total, stats = config.epochs * per_epoch, []
+    for inner in range(config.inner_epochs):
+        for batch, rows in enumerate(_minibatches(ctx, samples, epoch, inner)):
+            optimizer.zero_grad(set_to_none=True)
+            if config.method == "ddpo":
+                steps = _step_index(ctx, samples, rows, epoch, inner)
+                stats.append(ddpo_update(ctx, samples.trajectories, rows, steps, signal[rows], identifier[rows]))
+            else:
+                stats.append(rwr_update(ctx, samples.trajectories, rows, signal[rows], (epoch, inner, batch)))
+            preview = _to_pil(samples.preview) if batch == 0 and inner == 0 and callback is not None else None
+            if _optimizer_step(ctx, optimizer, stats[-1].loss, state, store, callback, total, preview):
+                return stats, True
+    return stats, False
+
+
+def _advantages(config: RLConfig, tracker: PerPromptStatTracker, samples: EpochSamples) -> torch.Tensor:
+    """Advantages [N] of all processes' samples (the same on every process)."""
+    keys = [d.text for d in samples.drawn]
+    if config.advantage == "tracker":
+        advantages = tracker.normalize(keys, samples.rewards)
+    elif config.advantage == "group":
+        advantages = group_normalize(samples.rewards, keys)
+    else:
+        advantages = batch_normalize(samples.rewards)
+    return clip_advantages(advantages, config.adv_clip)
+
+
+def _minibatches(ctx: RunContext, samples: EpochSamples, epoch: int, inner: int) -> list[torch.Tensor]:
+    """This process's samples in a seeded shuffled order (the global order restricted to them), in chunks."""
+    order = torch.randperm(len(samples.rewards), generator=generator_for(ctx.config.seed, epoch, inner, "shuffle"))
+    local = {row: i for i, row in enumerate(samples.local_rows.tolist())}
+    mine = torch.tensor([local[row] for row in order.tolist() if row in local])
+    return list(mine.split(ctx.config.train_batch_size))
+
+
+def _step_index(ctx: RunContext, samples: EpochSamples, rows: torch.Tensor, epoch: int, inner: int) -> torch.Tensor:
+    """[m, K]: the K trajectory steps trained on for each sample, a seeded random subset per sample."""
+    config, seeds = ctx.config, samples.trajectories.seeds
+    picks = [torch.randperm(config.sample_steps, generator=generator_for(config.seed, epoch, inner, seeds[r], "steps"))
+             for r in rows.tolist()]
+    return torch.stack(picks)[:, : config.train_timesteps]
+
+
+def _optimizer_step(ctx, optimizer, loss: float, state, store, callback, total, preview) -> bool:
+    """Averages gradients over processes, guards against non-finite values, steps, calls back."""
+    processes, params = ctx.processes, ctx.policy.params
+    processes.average_gradients(params)
+    mean_loss = float(processes.sum(torch.tensor([loss], dtype=torch.float64))[0]) / processes.world_size
+    step = state.optimizer_steps + 1
+    require_finite(mean_loss, step, store)
+    norm = ctx.precision.step(optimizer, params, ctx.config.max_grad_norm)
+    if norm is not None and ctx.precision.scaler is None:
+        require_finite(norm, step, store, what="gradient norm")
+    optimizer.zero_grad(set_to_none=True)
+    state.optimizer_steps = step
+    stop = notify(callback, StepReport(step, total, mean_loss, preview))
+    return bool(processes.sum(torch.tensor([float(stop)]))[0] > 0)
+
+
+# --- metrics, checkpoints, metadata --------------------------------------------------------------
+
+
+def _entry(ctx, epoch, samples, heldout, stats, measure, eval_seconds, train_seconds, began, stopped=None) -> dict:
+    """The metrics of one epoch (step statistics averaged over steps and processes)."""
+    reward = group_stats(samples.rewards, [d.group for d in samples.drawn])
+    if heldout:
+        reward[HELDOUT] = summarize(heldout)
+    names = ("loss", "clip_fraction", "approx_kl", "kl_penalty", "weighted", "prior")
+    local = torch.tensor([[getattr(s, n) for n in names] for s in stats], dtype=torch.float64)
+    means = local.mean(0) if len(stats) else torch.full((len(names),), float("nan"), dtype=torch.float64)
+    means = ctx.processes.sum(means) / ctx.processes.world_size
+    entry = {"epoch": epoch + 1, "samples": len(samples.rewards), "reward": reward}
+    wanted = names[:4] if ctx.config.method == "ddpo" else ("loss", "weighted", "prior")
+    entry.update({n: float(v) for n, v in zip(names, means.tolist()) if n in wanted})
+    entry["subject_measure"] = measure
+    entry["time"] = {"sample": samples.sample_seconds, "reward": samples.reward_seconds, "train": train_seconds,
+                     "eval": eval_seconds, "total": time.perf_counter() - began}
+    if stopped:
+        entry["stopped"] = stopped
+    return entry
+
+
+def _checkpoint(ctx: RunContext, optimizer, tracker, state: RunState, fingerprint: str) -> dict:
+    return {
+        "trainable": ctx.policy.trained_state(),
+        "previous": state.previous or {},
+        "optimizer": optimizer.state_dict(),
+        "scaler": ctx.precision.state_dict(),
+        "rng": capture_rng({}),
+        "tracker": json.dumps(tracker.state_dict()),
+        "history": json.dumps(state.history),
+        "optimizer_steps": state.optimizer_steps,
+        "config": json.dumps(ctx.config.to_dict()),
+        "world_size": ctx.processes.world_size,
+        "base_lora": fingerprint,
+    }
+
+
+def _restore(ctx: RunContext, saved: dict, optimizer, tracker, state: RunState, fingerprint: str) -> None:
+    differ = config_mismatch(json.loads(saved["config"]), ctx.config.to_dict(), RESUMABLE_CHANGES)
+    if saved.get("world_size", 1) != ctx.processes.world_size:
+        differ.append(f"number of processes ({saved.get('world_size')} then, {ctx.processes.world_size} now)")
+    if saved.get("base_lora", "") != fingerprint:
+        differ.append("the personalized LoRA")
+    if differ:
+        raise ValueError(f"the RL checkpoint after epoch {saved['step']} was made with different settings "
+                         f"({', '.join(differ)}); use the same settings, another folder, or resume=False")
+    ctx.policy.load(saved["trainable"])
+    optimizer.load_state_dict(saved["optimizer"])
+    ctx.precision.load_state_dict(saved["scaler"])
+    restore_rng({}, saved["rng"])
+    tracker.load_state_dict(json.loads(saved["tracker"]))
+    state.epoch, state.optimizer_steps = int(saved["step"]), int(saved["optimizer_steps"])
+    state.history = json.loads(saved["history"])
+    state.previous = dict(saved["previous"]) or None
+
+
+def _metadata(ctx: RunContext, base_model_hash: str, state: RunState, reason: str) -> LoraMetadata:
+    subject = ctx.prompts.subject
+    training = {"rl": ctx.config.to_dict(), "epochs_done": state.epoch, "stop_reason": reason}
+    return LoraMetadata(trigger_phrase=subject.trigger_phrase, identifier=subject.identifier,
+                        class_noun=subject.class_noun, description=subject.description,
+                        base_model_hash=base_model_hash, method=ctx.config.method, training_config=training)
+
+
+def _to_pil(image: torch.Tensor | None):
+    if image is None:
+        return None
+    from PIL import Image
+
+    array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return Image.fromarray(array)

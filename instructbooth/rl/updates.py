@@ -1,0 +1,133 @@
+"""One minibatch's loss and backward pass, for DDPO and for reward-weighted fine-tuning.
+
+These accumulate gradients into the LoRA parameters; the trainer averages them over
+processes and steps the optimizer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..sampling import Trajectories, ddim_step, gaussian_log_prob, guided_noise_prediction
+from .context import RunContext, generator_for
+from .ddpo import ddpo_loss, gaussian_step_kl
+from .rwr import rwr_loss
+
+
+@dataclass
+class StepStats:
+    """Averages over a minibatch (and its trained timesteps)."""
+
+    loss: float
+    clip_fraction: float = 0.0
+    approx_kl: float = 0.0
+    kl_penalty: float = 0.0  # DDPO: KL to the reference per step, averaged over the minibatch
+    weighted: float = 0.0  # RWR: reward-weighted denoising loss
+    prior: float = 0.0  # RWR: denoising loss on the subject images
+
+
+def ddpo_update(
+    ctx: RunContext,
+    samples: Trajectories,
+    rows: torch.Tensor,
+    step_index: torch.Tensor,
+    advantages: torch.Tensor,
+    identifier: torch.Tensor,
+) -> StepStats:
+    """DDPO on the samples at `rows` [m]: for each column j of step_index [m, K] (a step of
+    each trajectory), re-score that step under the current model and back-propagate the
+    clipped surrogate (plus the KL guard on identifier samples), divided by K."""
+    config, unet = ctx.config, ctx.components.unet
+    uncond = ctx.uncond()
+    device = ctx.device
+    rows_dev = rows.to(device)
+    embeds = samples.prompt_embeds[rows_dev]  # [m, L, D]
+    adv = advantages.to(device)
+    kl_rows = identifier.to(device) if config.kl_weight > 0 else torch.zeros(len(rows), dtype=torch.bool, device=device)
+    steps = step_index.shape[1]
+    totals = torch.zeros(4)  # loss, clip fraction, approx kl, kl penalty
+    for j in range(steps):
+        index = step_index[:, j].to(device)  # [m] step of each sample
+        x_t, x_prev = samples.latents[rows_dev, index], samples.latents[rows_dev, index + 1]  # [m, C, h, w]
+        timesteps = samples.timesteps.to(device)[index]  # [m]
+        with ctx.precision.autocast():
+            output = guided_noise_prediction(unet, x_t, timesteps, embeds, uncond, config.guidance)
+        step = ddim_step(ctx.schedule, output, timesteps, x_t, config.eta, prev_sample=x_prev)
+        log_prob = gaussian_log_prob(x_prev, step.mean, step.std)  # [m]
+        policy = ddpo_loss(log_prob, samples.log_probs[rows_dev, index], adv, config.clip_range)
+        penalty = _kl_penalty(ctx, step, x_t, timesteps, embeds, uncond, kl_rows)
+        loss = policy.loss + config.kl_weight * penalty
+        ctx.precision.backward(loss / steps)
+        totals += torch.tensor([loss.item(), policy.clip_fraction.item(), policy.approx_kl.item(), penalty.item()])
+    loss, clip_fraction, approx_kl, kl = (totals / steps).tolist()
+    return StepStats(loss=loss, clip_fraction=clip_fraction, approx_kl=approx_kl, kl_penalty=kl)
+
+
+def _kl_penalty(ctx, step, x_t, timesteps, embeds, uncond, rows: torch.Tensor) -> torch.Tensor:
+    """Mean over the minibatch of KL(policy step || reference step), counted on `rows` only."""
+    if not bool(rows.any()):
+        return torch.zeros((), device=x_t.device)
+    with torch.no_grad(), ctx.policy.reference(), ctx.precision.autocast():
+        reference = guided_noise_prediction(ctx.components.unet, x_t[rows], timesteps[rows], embeds[rows], uncond,
+                                            ctx.config.guidance)
+    reference_mean = ddim_step(ctx.schedule, reference, timesteps[rows], x_t[rows], ctx.config.eta,
+                               prev_sample=step.prev_sample[rows]).mean
+    kl = gaussian_step_kl(step.mean[rows], reference_mean, step.std[rows])  # [k]
+    return kl.sum() / len(rows)
+
+
+def denoising_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet learns to predict: the noise (SD1.5) or the velocity (v-prediction)."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    raise ValueError(f"prediction type {kind!r} is not supported; use an epsilon or v-prediction model")
+
+
+def noised(ctx: RunContext, latents: torch.Tensor, generator: torch.Generator):
+    """(noisy latents, timesteps, target) for the denoising loss at uniform random timesteps."""
+    scheduler = ctx.components.scheduler
+    noise = torch.randn(latents.shape, generator=generator).to(latents)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
+    timesteps = timesteps.to(latents.device)
+    return scheduler.add_noise(latents, noise, timesteps), timesteps, denoising_target(scheduler, latents, noise, timesteps)
+
+
+def rwr_update(
+    ctx: RunContext, samples: Trajectories, rows: torch.Tensor, weights: torch.Tensor, draw: tuple
+) -> StepStats:
+    """Reward-weighted denoising loss on the final latents at `rows` plus prior_weight times
+    the denoising loss on the subject images, one batched UNet call. `draw` names the
+    minibatch (epoch, inner epoch, step) for its noise and timesteps."""
+    config, device = ctx.config, ctx.device
+    rows_dev = rows.to(device)
+    latents, embeds = samples.final_latents[rows_dev], samples.prompt_embeds[rows_dev]
+    per_sample = [generator_for(config.seed, seed, *draw, "rwr") for seed in (samples.seeds[i] for i in rows.tolist())]
+    parts = [noised(ctx, latents[i : i + 1], g) for i, g in enumerate(per_sample)]
+    inputs, timesteps, targets = (torch.cat(p) for p in zip(*parts))
+    prior = ctx.subject_latents is not None and config.prior_weight > 0
+    if prior:
+        chosen, p_inputs, p_timesteps, p_targets = _prior_batch(ctx, len(rows), draw)
+        inputs, timesteps = torch.cat([inputs, p_inputs]), torch.cat([timesteps, p_timesteps])
+        subject = ctx.embeddings([ctx.subject_prompt]).to(device).expand(len(chosen), -1, -1)
+        embeds = torch.cat([embeds, subject])
+    with ctx.precision.autocast():
+        prediction = ctx.components.unet(inputs, timesteps, encoder_hidden_states=embeds).sample.float()
+    m = len(rows)
+    losses = rwr_loss(prediction[:m], targets, weights.to(device),
+                      prediction[m:] if prior else None, p_targets if prior else None, config.prior_weight)
+    ctx.precision.backward(losses.loss)
+    return StepStats(loss=losses.loss.item(), weighted=losses.weighted.item(), prior=losses.prior.item())
+
+
+def _prior_batch(ctx: RunContext, count: int, draw: tuple):
+    """`count` subject images (as many as there are, if fewer), noised; the same on every process."""
+    generator = generator_for(ctx.config.seed, *draw, "prior")
+    total = len(ctx.subject_latents)
+    chosen = torch.randperm(total, generator=generator)[: min(count, total)]
+    inputs, timesteps, targets = noised(ctx, ctx.subject_latents[chosen.to(ctx.device)], generator)
+    return chosen, inputs, timesteps, targets
