@@ -1,20 +1,39 @@
 """The InstructBooth node pack for ComfyUI (V3 API).
 
 Nodes are thin: each `execute` validates its inputs, converts ComfyUI types through
-`bridge`, and calls one library function.
+`bridge`, and calls one library function; `runs` keys training runs for reuse/resume.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import sys
+
 from comfy_api.latest import ComfyExtension, io
 
-from . import bridge
+
+def _expose_library_name() -> None:
+    """Inside ComfyUI the library is `<pack>.instructbooth`, but it finds its shipped data
+    (configs, tokenizer, prompt sets) through the absolute name `instructbooth`. When no
+    `instructbooth` is installed, that name is pointed at the pack's own copy."""
+    if "instructbooth" in sys.modules or importlib.util.find_spec("instructbooth") is not None:
+        return
+    sys.modules["instructbooth"] = importlib.import_module(f"{__package__.rpartition('.')[0]}.instructbooth")
+
+
+_expose_library_name()
+
+from . import bridge  # noqa: E402
 
 
 def node_classes() -> list[type[io.ComfyNode]]:
     from .lora_loader import LoadInstructBoothLoRA
+    from .personalize_node import Personalize
+    from .reward_nodes import ImageRewardBestOfN, ImageRewardLoader, ImageRewardScore
+    from .rl_node import RLFineTune
 
-    return [LoadInstructBoothLoRA]
+    return [Personalize, ImageRewardLoader, ImageRewardScore, ImageRewardBestOfN, RLFineTune, LoadInstructBoothLoRA]
 
 
 class InstructBoothExtension(ComfyExtension):

@@ -1,15 +1,18 @@
 """The one place where the pack touches ComfyUI internals.
 
-Everything ComfyUI-specific the nodes need lives here: turning MODEL/CLIP/VAE into the
-library's `SDComponents`, handing LoRA tensors back to ComfyUI's own loader, freeing
-ComfyUI's memory before training, progress/cancel, and file names typed in the UI
-resolved safely inside their model folder.
+Everything ComfyUI-specific the nodes need lives here: reading MODEL/CLIP/VAE as an
+LDM-format state dict for the library, handing LoRA tensors back to ComfyUI's own loader,
+freeing ComfyUI's memory around training, progress/cancel/previews, image layouts, and
+file names typed in the UI resolved safely inside their model folder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
+import logging
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -18,12 +21,20 @@ import comfy.sd
 import comfy.utils
 import folder_paths
 
+from ..instructbooth.ldm_architecture import ArchitectureHints
+
+log = logging.getLogger("instructbooth")
+
 IMAGE_REWARD_FOLDER = "ImageReward"
 WEIGHT_EXTENSIONS = {".pt", ".pth", ".safetensors", ".bin"}
+SD15_CONFIGS = ("SD15", "SD15_instructpix2pix")  # ComfyUI's model_config classes of the SD1.x family
 
 
 class NodeInputError(ValueError):
     """Bad input typed or wired in the UI; the message says what to change."""
+
+
+# --- model folders and file names ---------------------------------------------------------
 
 
 def register_model_folders() -> None:
@@ -36,7 +47,7 @@ def register_model_folders() -> None:
 
 
 def model_file_options(folder_name: str) -> list[str]:
-    """File names in a model folder for a dropdown; empty folders give a hint entry."""
+    """File names in a model folder for a dropdown (empty when the folder is unknown)."""
     try:
         return folder_paths.get_filename_list(folder_name)
     except KeyError:
@@ -46,10 +57,10 @@ def model_file_options(folder_name: str) -> list[str]:
 def output_path_in_folder(folder_name: str, name: str, suffix: str = ".safetensors") -> Path:
     """Where a file named in the UI is written: inside the folder's first path, nowhere else.
 
-    Sub-folders are allowed ("people/anna"); absolute paths, "..", and empty names are not.
+    Sub-folders are allowed ("people/anna"); absolute paths, "..", "~" and empty names are not.
     """
     root = Path(folder_paths.get_folder_paths(folder_name)[0]).resolve()
-    relative = _safe_relative(name, folder_name)
+    relative = safe_relative_name(name, folder_name)
     if relative.suffix != suffix:
         relative = relative.with_name(relative.name + suffix)
     target = (root / relative).resolve()
@@ -60,36 +71,74 @@ def output_path_in_folder(folder_name: str, name: str, suffix: str = ".safetenso
 
 def input_path_in_folder(folder_name: str, name: str) -> Path:
     """The file a dropdown or text field names, found inside the model folder only."""
-    relative = _safe_relative(name, folder_name)
-    path = folder_paths.get_full_path(folder_name, str(relative))
+    relative = safe_relative_name(name, folder_name)
+    path = folder_paths.get_full_path(folder_name, relative.as_posix())
     if path is None:
         roots = ", ".join(folder_paths.get_folder_paths(folder_name))
         raise NodeInputError(f"no file {name!r} in the {folder_name} folder ({roots}); put it there and refresh")
     return Path(path)
 
 
-def _safe_relative(name: str, folder_name: str) -> Path:
+def safe_relative_name(name: str, folder_name: str) -> Path:
+    """`name` as a relative path that stays inside a folder; raises NodeInputError otherwise."""
     text = (name or "").strip().replace("\\", "/")
     relative = Path(text)
-    if not text or relative.is_absolute() or ".." in relative.parts or text.startswith("~"):
-        raise NodeInputError(f"file name {name!r} for the {folder_name} folder must be a relative name without '..'")
+    bad = (not text or relative.is_absolute() or ".." in relative.parts or text.startswith("~")
+           or "\x00" in text or ":" in relative.parts[0])
+    if bad or relative.name in ("", "."):
+        raise NodeInputError(f"file name {name!r} for the {folder_name} folder must be a relative name "
+                             "without '..', e.g. 'instructbooth/sks_plushie'")
     return relative
 
 
-def components_from_comfy(model, clip, vae):
-    """Library components holding the weights of ComfyUI's MODEL, CLIP and VAE.
+def name_problem(folder_name: str, name: str, must_exist: bool) -> str | None:
+    """Why a file name typed for `folder_name` cannot be used (for validate_inputs), else None."""
+    try:
+        if must_exist:
+            input_path_in_folder(folder_name, name)
+        else:
+            output_path_in_folder(folder_name, name)
+    except NodeInputError as error:
+        return str(error)
+    return None
 
-    LoRAs the user chained before this node are baked in (ComfyUI patches weights when it
-    loads a model). Tensors are cloned out of inference mode so they can be trained.
+
+# --- ComfyUI models -> library --------------------------------------------------------------
+
+
+def require_sd15(model) -> None:
+    """Refuses non-SD1.x models by ComfyUI's own classification, before touching any weights."""
+    config = model.model.model_config
+    name = type(config).__name__
+    if name not in SD15_CONFIGS:
+        raise NodeInputError(
+            f"this is a {name} model; InstructBooth trains Stable Diffusion 1.5 only. "
+            "Load an SD1.5 checkpoint (e.g. v1-5-pruned-emaonly.safetensors) in Load Checkpoint."
+        )
+
+
+def comfy_state_dict(model, clip, vae) -> dict[str, torch.Tensor]:
+    """MODEL + CLIP + VAE as one LDM-format state dict: float32 CPU copies the caller may train.
+
+    LoRAs chained before this node are baked in (ComfyUI patches weights when it loads a
+    model, as its own checkpoint saver does). The copies are made outside inference mode.
     """
-    from ..instructbooth.checkpoint import components_from_ldm
-
-    comfy.model_management.load_models_gpu([model, clip.load_model()], force_patch_weights=True, force_full_load=True)
+    require_sd15(model)
+    comfy.model_management.load_models_gpu([model, clip.load_model()], force_patch_weights=True,
+                                           force_full_load=True)
     state = model.model.state_dict_for_saving(clip.get_sd(), vae.get_sd())
     with torch.inference_mode(False):
-        state = {key: value.detach().to("cpu", torch.float32).clone() for key, value in state.items()}
-    free_comfy_memory()
-    return components_from_ldm(state)
+        return {key: value.detach().to("cpu", torch.float32).clone() for key, value in state.items()}
+
+
+def architecture_hints(model) -> ArchitectureHints:
+    """Settings no tensor shape shows, read from ComfyUI's config of the model."""
+    heads = int(model.model.model_config.unet_config.get("num_heads", 8))
+    return ArchitectureHints(unet_attention_heads=heads if heads > 0 else 8)
+
+
+def training_device() -> torch.device:
+    return comfy.model_management.get_torch_device()
 
 
 def free_comfy_memory() -> None:
@@ -98,11 +147,23 @@ def free_comfy_memory() -> None:
     comfy.model_management.soft_empty_cache()
 
 
-def training_device() -> torch.device:
-    return comfy.model_management.get_torch_device()
+@contextlib.contextmanager
+def training_session() -> Iterator[None]:
+    """ComfyUI's models unloaded before, ours collected after, inference mode off inside."""
+    free_comfy_memory()
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            yield
+    finally:
+        gc.collect()
+        comfy.model_management.soft_empty_cache()
 
 
-def apply_lora_to_comfy(model, clip, lora_state: dict[str, torch.Tensor], strength_model: float, strength_clip: float):
+# --- library -> ComfyUI ---------------------------------------------------------------------
+
+
+def apply_lora_to_comfy(model, clip, lora_state: dict[str, torch.Tensor], strength_model: float = 1.0,
+                        strength_clip: float = 1.0):
     """MODEL and CLIP patched by ComfyUI's own LoRA loader, as the stock LoraLoader does."""
     if strength_model == 0 and strength_clip == 0:
         return model, clip
@@ -114,45 +175,77 @@ def images_to_bchw(images: torch.Tensor) -> torch.Tensor:
     if images.ndim != 4 or images.shape[-1] not in (3, 4):
         raise NodeInputError(f"expected an IMAGE batch [B, H, W, 3], got shape {tuple(images.shape)}")
     with torch.inference_mode(False):
-        return images[..., :3].permute(0, 3, 1, 2).to(torch.float32).clone()
+        return images[..., :3].permute(0, 3, 1, 2).to("cpu", torch.float32).clone()
 
 
 def images_to_bhwc(images: torch.Tensor) -> torch.Tensor:
-    """[B, 3, H, W] in [0, 1] -> ComfyUI IMAGE [B, H, W, 3] on the CPU."""
+    """[B, 3, H, W] in [0, 1] -> ComfyUI IMAGE [B, H, W, 3] float32 on the CPU."""
     return images.detach().permute(0, 2, 3, 1).to("cpu", torch.float32).contiguous()
 
 
-class ComfyProgress:
-    """Progress bar + cancel for a library training callback.
+def pil_to_image(picture) -> torch.Tensor:
+    """A PIL image -> ComfyUI IMAGE [1, H, W, 3]."""
+    import numpy as np
 
-    The library calls this with a `training.StepReport` (`step`, `total`, optional
-    `preview`: a PIL image or a tensor [3, H, W] in [0, 1]); ComfyUI's progress bar raises when
-    the user presses cancel, which stops the trainer after its last checkpoint.
+    array = np.asarray(picture.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(array)[None].contiguous()
+
+
+def image_batches(images: list[torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
+    """IMAGE batches from one batch or a list of them (sizes may differ); at least one image."""
+    batches = [images] if isinstance(images, torch.Tensor) else [b for b in images if b is not None]
+    for batch in batches:
+        if not isinstance(batch, torch.Tensor) or batch.ndim != 4 or batch.shape[-1] not in (1, 3, 4):
+            shape = tuple(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
+            raise NodeInputError(f"expected IMAGE batches [B, H, W, 3], got {shape}")
+    if sum(batch.shape[0] for batch in batches) == 0:
+        raise NodeInputError("no images: connect photos of the subject (3-10 is typical), e.g. from Load Image")
+    with torch.inference_mode(False):
+        return [batch.detach().to("cpu", torch.float32).clone() for batch in batches if batch.shape[0]]
+
+
+# --- progress, cancel and previews ------------------------------------------------------------
+
+
+class ComfyProgress:
+    """Progress bar, cancel and previews for a library training callback (`StepReport`).
+
+    Cancel (ComfyUI raises InterruptProcessingException from the progress bar or the
+    interrupt check) is turned into a clean stop: the callback returns False, so the
+    trainer finishes its step and writes its checkpoint; the node then calls
+    `raise_if_cancelled()` so that ComfyUI still sees an interrupted run.
     """
 
     def __init__(self, total: int):
         self.bar = comfy.utils.ProgressBar(total)
+        self.cancelled = False
 
-    def __call__(self, info) -> bool:
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        preview = _preview_tuple(getattr(info, "preview", None))
-        self.bar.update_absolute(int(info.step), int(info.total), preview)
+    def __call__(self, report) -> bool:
+        try:
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            self.bar.update_absolute(int(report.step), int(report.total), preview_tuple(getattr(report, "preview", None)))
+        except comfy.model_management.InterruptProcessingException:
+            self.cancelled = True
+            return False
         return True
 
+    def raise_if_cancelled(self) -> None:
+        if self.cancelled:
+            raise comfy.model_management.InterruptProcessingException()
 
-def _preview_tuple(image):
+
+def check_interrupt() -> None:
+    """Raises ComfyUI's interrupt exception when the user pressed cancel."""
+    comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+def preview_tuple(image):
+    """A PIL image or a tensor [3, H, W] in [0, 1] -> ComfyUI's ("JPEG", PIL image, max size)."""
     if image is None:
         return None
     from PIL import Image
 
-    if isinstance(image, Image.Image):
-        return ("JPEG", image.convert("RGB"), 512)
-    array = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
-    return ("JPEG", Image.fromarray(array), 512)
-
-
-@contextlib.contextmanager
-def training_mode():
-    """ComfyUI runs nodes under torch.inference_mode(); training needs it off."""
-    with torch.inference_mode(False), torch.enable_grad():
-        yield
+    if not isinstance(image, Image.Image):
+        array = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
+        image = Image.fromarray(array)
+    return ("JPEG", image.convert("RGB"), 512)

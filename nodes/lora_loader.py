@@ -36,6 +36,10 @@ class LoadInstructBoothLoRA(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, lora_name) -> bool | str:
+        return bridge.name_problem("loras", lora_name, must_exist=True) or True
+
+    @classmethod
     def execute(cls, model, clip, lora_name, strength_model, strength_clip) -> io.NodeOutput:
         path = bridge.input_path_in_folder("loras", lora_name)
         state, metadata = load_lora(path)

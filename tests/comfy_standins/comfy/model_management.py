@@ -1,4 +1,4 @@
-"""Stand-in for comfy.model_management: records memory calls; interrupt flag for tests."""
+"""Stand-in for comfy.model_management: records memory calls; an interrupt flag for tests."""
 
 CALLS: list[str] = []
 INTERRUPTED = False
@@ -6,6 +6,17 @@ INTERRUPTED = False
 
 class InterruptProcessingException(Exception):
     pass
+
+
+def reset() -> None:
+    global INTERRUPTED
+    CALLS.clear()
+    INTERRUPTED = False
+
+
+def interrupt_current_processing(value: bool = True) -> None:
+    global INTERRUPTED
+    INTERRUPTED = value
 
 
 def throw_exception_if_processing_interrupted():
@@ -29,5 +40,6 @@ def get_torch_device():
     return torch.device("cpu")
 
 
-def load_models_gpu(models, **kwargs):
+def load_models_gpu(models, memory_required=0, force_patch_weights=False, minimum_memory_required=None,
+                    force_full_load=False):
     CALLS.append("load_models_gpu")

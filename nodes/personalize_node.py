@@ -1,0 +1,152 @@
+"""Personalize: teach SD1.5 a subject from a few photos (DreamBooth-style LoRA)."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..instructbooth.checkpoint import components_from_ldm
+from ..instructbooth.lora import load_lora, save_lora
+from ..instructbooth.personalize import PersonalizeConfig, personalize, save_result
+from ..instructbooth.subject_data import SubjectDataError, check_identifier
+from . import bridge
+from .runs import RunFolder, fingerprint_images, fingerprint_tensors, run_key, without
+
+DEFAULTS = PersonalizeConfig()
+LORA_MODEL, LOSS_MAP = io.Custom("LORA_MODEL"), io.Custom("LOSS_MAP")
+IMAGE_INPUTS = ("images", "class_images")  # inputs that stay lists (several batches of any size)
+# Settings that do not change the trained LoRA (left out of the run key; a resumed run may change them).
+RUN_CONTROL = ("checkpoint_every", "keep_checkpoints", "validation_prompts", "validation_every", "validation_steps",
+               "validation_guidance")
+
+
+class Personalize(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="InstructBoothPersonalize",
+            display_name="InstructBooth Personalize",
+            category="InstructBooth",
+            description="Teaches the model a subject from 3-10 photos with a LoRA bound to a rare identifier "
+            "('sks plushie'). Saves the LoRA in models/loras; a re-run with the same inputs reuses it, a "
+            "cancelled run resumes from its last checkpoint.",
+            is_input_list=True,  # photos may come as batches or lists of different sizes
+            inputs=[
+                io.Model.Input("model", tooltip="The SD1.5 model from Load Checkpoint (SDXL and others are refused)."),
+                io.Clip.Input("clip", tooltip="The CLIP text encoder of the same checkpoint."),
+                io.Vae.Input("vae", tooltip="The VAE of the same checkpoint (encodes the photos)."),
+                io.Image.Input("images", tooltip="Photos of the subject: a batch or a list (e.g. Load Image Dataset "
+                               "from Folder); any sizes, centre-cropped to squares."),
+                io.String.Input("identifier", default=DEFAULTS.identifier,
+                                tooltip="A rare one-word token that will mean your subject, e.g. 'sks'."),
+                io.String.Input("class_noun", default=DEFAULTS.class_noun,
+                                tooltip="What the subject is, e.g. 'dog', 'plushie', 'backpack'."),
+                io.String.Input("description", default="", tooltip="Optional detail for unusual subjects, e.g. "
+                                "'with a blue star on its belly'; added to the training prompt."),
+                io.String.Input("lora_name", default="instructbooth/sks_plushie",
+                                tooltip="File name of the LoRA in models/loras (sub-folders allowed; no '..')."),
+                io.Int.Input("steps", default=DEFAULTS.steps, min=1, max=100000,
+                             tooltip="Optimizer steps; 400-800 suits 3-10 photos at the default learning rate."),
+                io.Float.Input("learning_rate", default=DEFAULTS.learning_rate, min=1e-7, max=1e-2, step=1e-6,
+                               round=1e-7, tooltip="AdamW learning rate of the LoRA."),
+                io.Int.Input("rank", default=DEFAULTS.rank, min=1, max=128,
+                             tooltip="LoRA rank (size); 4-16 is typical for one subject. Alpha equals the rank."),
+                io.Int.Input("resolution", default=DEFAULTS.resolution, min=64, max=2048, step=64,
+                             tooltip="Training image side in pixels (512 for SD1.5)."),
+                io.Int.Input("batch_size", default=DEFAULTS.batch_size, min=1, max=64,
+                             tooltip="Photos per step (more needs more memory)."),
+                io.Boolean.Input("train_text_encoder", default=DEFAULTS.train_text_encoder,
+                                 tooltip="Also train a LoRA on the text encoder (stronger binding, more memory)."),
+                io.Boolean.Input("prior_preservation", default=DEFAULTS.prior_preservation,
+                                 tooltip="Also train on images of the class so that the class noun keeps its "
+                                 "meaning (uses class_images, or generates num_class_images first)."),
+                io.Int.Input("num_class_images", default=DEFAULTS.num_class_images, min=1, max=1000,
+                             tooltip="Class images generated for prior preservation when none are connected."),
+                io.Combo.Input("mixed_precision", options=["no", "fp16", "bf16"], default=DEFAULTS.mixed_precision,
+                               tooltip="16-bit frozen weights (fp16/bf16) fit 8 GB GPUs; 'no' is full float32."),
+                io.Boolean.Input("gradient_checkpointing", default=DEFAULTS.gradient_checkpointing,
+                                 tooltip="Recompute activations in the backward pass: less memory, about 30% slower."),
+                io.Int.Input("seed", default=DEFAULTS.seed, min=0, max=2**31 - 1,
+                             tooltip="Seeds the LoRA init, data order, noise and timesteps (same seed, same LoRA)."),
+                io.Int.Input("checkpoint_every", default=DEFAULTS.checkpoint_every, min=0, max=100000,
+                             tooltip="Steps between checkpoints (a cancelled run resumes from the last); 0 = at the end."),
+                io.Int.Input("preview_every", default=0, min=0, max=100000,
+                             tooltip="Steps between preview images of 'a photo of <identifier> <class>' (0 = none)."),
+                io.Image.Input("class_images", optional=True,
+                               tooltip="Optional photos of the class for prior preservation (instead of generated ones)."),
+            ],
+            outputs=[
+                io.Model.Output(display_name="MODEL", tooltip="The model with the subject LoRA applied."),
+                io.Clip.Output(display_name="CLIP", tooltip="The text encoder with the subject LoRA applied."),
+                LORA_MODEL.Output(display_name="lora", tooltip="The LoRA weights (kohya names), e.g. for RL Fine-Tune."),
+                LOSS_MAP.Output(display_name="loss_map", tooltip="Training loss per step (for Plot Loss Graph)."),
+                io.String.Output(display_name="trigger_phrase", tooltip="'<identifier> <class noun>' to use in prompts."),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, identifier, lora_name) -> bool | str:
+        identifier, lora_name = _first(identifier), _first(lora_name)
+        if identifier is not None:
+            try:
+                check_identifier(identifier)
+            except SubjectDataError as error:
+                return str(error)
+        problem = bridge.name_problem("loras", lora_name, must_exist=False) if lora_name is not None else None
+        return problem or True
+
+    @classmethod
+    def execute(cls, **inputs) -> io.NodeOutput:
+        values = {k: (v if k in IMAGE_INPUTS else _first(v)) for k, v in inputs.items()}
+        config = _config(values)
+        images = bridge.image_batches(values["images"])
+        class_images = bridge.image_batches(values["class_images"]) if values.get("class_images") else None
+        lora_path = bridge.output_path_in_folder("loras", values["lora_name"])
+        state = bridge.comfy_state_dict(values["model"], values["clip"], values["vae"])
+        run = RunFolder("personalize", values["lora_name"], run_key(
+            weights=fingerprint_tensors(state), images=fingerprint_images(images),
+            class_images=fingerprint_images(class_images) if class_images else None,
+            settings=without(config.to_dict(), RUN_CONTROL)))
+        if run.is_finished():
+            bridge.log.info("InstructBooth Personalize: reusing the finished run in %s", run.path)
+        else:
+            if run.has_checkpoint():
+                bridge.log.info("InstructBooth Personalize: resuming from the checkpoints in %s", run.path)
+            _train(state, values["model"], images, class_images, config, run)
+        lora, metadata = load_lora(run.result_path)
+        losses = run.read_json("result.loss.json", {}).get("loss", [])
+        save_lora(lora_path, lora, metadata)
+        model, clip = bridge.apply_lora_to_comfy(values["model"], values["clip"], lora)
+        return io.NodeOutput(model, clip, lora, {"loss": losses}, metadata.trigger_phrase)
+
+
+def _train(state, model, images, class_images, config: PersonalizeConfig, run: RunFolder) -> None:
+    """Trains (or resumes) in the run folder and writes its result there; raises on cancel."""
+    with bridge.training_session():
+        components = components_from_ldm(state, device=bridge.training_device(),
+                                         hints=bridge.architecture_hints(model), copy=False)
+        state.clear()
+        progress = bridge.ComfyProgress(config.steps)
+        result = personalize(components, images, config, progress, run.path, resume=True, class_images=class_images)
+        progress.raise_if_cancelled()
+        save_result(result, run.result_path)
+
+
+def _config(values: dict) -> PersonalizeConfig:
+    return PersonalizeConfig(
+        identifier=values["identifier"].strip(), class_noun=values["class_noun"].strip(),
+        description=values["description"].strip(), rank=values["rank"], alpha=float(values["rank"]),
+        steps=values["steps"], batch_size=values["batch_size"], learning_rate=values["learning_rate"],
+        resolution=values["resolution"], train_text_encoder=values["train_text_encoder"],
+        prior_preservation=values["prior_preservation"], num_class_images=values["num_class_images"],
+        mixed_precision=values["mixed_precision"], gradient_checkpointing=values["gradient_checkpointing"],
+        seed=values["seed"], checkpoint_every=values["checkpoint_every"],
+        validation_prompts=("a photo of {id} {cls}{desc}",) if values["preview_every"] else (),
+        validation_every=values["preview_every"],
+    )
+
+
+def _first(value):
+    """The single value of a widget input of an is_input_list node (None for a missing one)."""
+    if isinstance(value, list):
+        return value[0] if value else None
+    return value

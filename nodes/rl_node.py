@@ -1,0 +1,202 @@
+"""RL Fine-Tune: make the personalized model follow instructions again by maximising ImageReward."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..instructbooth.checkpoint import components_from_ldm
+from ..instructbooth.lora import load_lora, save_lora
+from ..instructbooth.prompts import PLACEHOLDER, RLPrompts, Subject, load_prompt_set, parse_prompt_lines
+from ..instructbooth.prompts import shipped_prompt_sets
+from ..instructbooth.rl.config import RLConfig
+from ..instructbooth.rl.metrics import draw_reward_curve
+from ..instructbooth.rl.policy import state_fingerprint
+from ..instructbooth.rl.trainer import train_rl
+from . import bridge
+from .reward_nodes import IMAGE_REWARD
+from .runs import RunFolder, fingerprint_images, fingerprint_tensors, run_key, without
+
+DEFAULTS = RLConfig()
+LORA_MODEL, LOSS_MAP = io.Custom("LORA_MODEL"), io.Custom("LOSS_MAP")
+DEFAULT_PROMPTS = """# One prompt per line; {id} becomes 'sks plushie' (or 'a plushie' for the plain share).
+# @actions and @interactions add the prompt sets shipped with InstructBooth.
+@actions
+@interactions"""
+RUN_CONTROL = ("keep_checkpoints", "heldout_every")  # settings that do not change the trained LoRA
+
+
+class RLFineTune(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="InstructBoothRLFineTune",
+            display_name="InstructBooth RL Fine-Tune",
+            category="InstructBooth",
+            description="InstructBooth's second stage: samples the personalized model on instruction prompts, scores "
+            "the images with ImageReward and trains a LoRA to raise the reward (DDPO or reward-weighted regression). "
+            "Saves ONE LoRA file (personalized + RL) in models/loras; a re-run reuses or resumes.",
+            inputs=[
+                io.Model.Input("model", tooltip="The base SD1.5 model from Load Checkpoint (without the subject LoRA)."),
+                io.Clip.Input("clip", tooltip="The CLIP text encoder of the same checkpoint."),
+                io.Vae.Input("vae", tooltip="The VAE of the same checkpoint (decodes samples for the reward)."),
+                IMAGE_REWARD.Input("image_reward", tooltip="From ImageReward Loader: the reward to maximise."),
+                io.String.Input("prompts", multiline=True, default=DEFAULT_PROMPTS,
+                                tooltip="Training prompts, one per line, each with {id} where the subject goes. "
+                                "'#' starts a comment; '@actions' / '@interactions' add the shipped sets."),
+                io.String.Input("identifier", default="sks", tooltip="The identifier the subject LoRA was trained with."),
+                io.String.Input("class_noun", default="plushie", tooltip="The subject's class noun, e.g. 'plushie'."),
+                io.String.Input("description", default="", tooltip="Optional detailed description of the subject "
+                                "(added to identifier prompts when use_description is on)."),
+                io.Float.Input("identifier_ratio", default=DEFAULTS.identifier_ratio, min=0.0, max=1.0, step=0.05,
+                               tooltip="Share of prompts with the identifier ('sks plushie ...'); the rest say "
+                               "'a plushie ...'. InstructBooth mixes both."),
+                io.Boolean.Input("use_description", default=DEFAULTS.use_description,
+                                 tooltip="Append the description to identifier prompts."),
+                io.Combo.Input("method", options=["ddpo", "rwr"], default=DEFAULTS.method,
+                               tooltip="ddpo: policy gradient on the sampling steps (InstructBooth); rwr: "
+                               "reward-weighted denoising loss (needs subject_images unless prior_weight is 0)."),
+                io.Int.Input("epochs", default=DEFAULTS.epochs, min=1, max=10000,
+                             tooltip="Rounds of sample -> score -> train."),
+                io.Int.Input("sample_steps", default=DEFAULTS.sample_steps, min=1, max=1000,
+                             tooltip="Sampler steps per training sample (DDIM with noise, eta 1)."),
+                io.Float.Input("guidance", default=DEFAULTS.guidance, min=1.0, max=30.0, step=0.1,
+                               tooltip="Classifier-free guidance of the samples."),
+                io.Int.Input("resolution", default=DEFAULTS.height, min=64, max=2048, step=64,
+                             tooltip="Side of the sampled images in pixels."),
+                io.Int.Input("batch_size", default=DEFAULTS.sample_batch_size, min=1, max=256,
+                             tooltip="Samples per sampling call."),
+                io.Int.Input("batches_per_epoch", default=DEFAULTS.sample_batches, min=1, max=1000,
+                             tooltip="Sampling calls per epoch (samples per epoch = batch_size x this)."),
+                io.Int.Input("train_batch_size", default=DEFAULTS.train_batch_size, min=1, max=256,
+                             tooltip="Samples per optimizer step; must divide the samples per epoch."),
+                io.Float.Input("learning_rate", default=DEFAULTS.learning_rate, min=1e-7, max=1e-1, step=1e-6,
+                               round=1e-7, tooltip="AdamW learning rate of the RL LoRA."),
+                io.Int.Input("lora_rank", default=DEFAULTS.lora_rank, min=1, max=128,
+                             tooltip="Rank of the new LoRA trained on top of the subject LoRA."),
+                io.Float.Input("kl_weight", default=DEFAULTS.kl_weight, min=0.0, max=100.0, step=0.01,
+                               tooltip="ddpo: penalty for drifting from the personalized model on identifier samples."),
+                io.Float.Input("prior_weight", default=DEFAULTS.prior_weight, min=0.0, max=100.0, step=0.01,
+                               tooltip="rwr: weight of the denoising loss on subject_images (keeps the subject)."),
+                io.Combo.Input("mixed_precision", options=["no", "fp16", "bf16"], default=DEFAULTS.mixed_precision,
+                               tooltip="16-bit frozen weights (fp16/bf16) save memory on GPUs; 'no' is float32."),
+                io.Boolean.Input("gradient_checkpointing", default=DEFAULTS.gradient_checkpointing,
+                                 tooltip="Recompute UNet activations in the backward pass: less memory, slower."),
+                io.Int.Input("seed", default=DEFAULTS.seed, min=0, max=2**31 - 1,
+                             tooltip="Seeds prompts, noise, shuffles and the LoRA init."),
+                io.String.Input("lora_name", default="instructbooth/sks_plushie_rl",
+                                tooltip="File name of the result in models/loras (personalized + RL in one file)."),
+                LORA_MODEL.Input("lora", optional=True, tooltip="The subject LoRA from Personalize (its 'lora' output)."),
+                io.Image.Input("subject_images", optional=True,
+                               tooltip="The personalization photos (a batch), for rwr's subject regulariser."),
+            ],
+            outputs=[
+                io.Model.Output(display_name="MODEL", tooltip="The base model with the tuned LoRA applied."),
+                io.Clip.Output(display_name="CLIP", tooltip="The text encoder with the tuned LoRA applied."),
+                LORA_MODEL.Output(display_name="lora", tooltip="The tuned LoRA (subject + RL) as one state."),
+                LOSS_MAP.Output(display_name="reward_map", tooltip="Mean reward per epoch (for Plot Loss Graph)."),
+                io.Image.Output(display_name="reward_curve", tooltip="Mean reward per epoch and prompt group."),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, prompts, identifier, lora_name) -> bool | str:
+        problems = []
+        if prompts is not None:
+            try:
+                prompt_templates(prompts)
+            except ValueError as error:
+                problems.append(str(error))
+        if lora_name is not None:
+            problems.append(bridge.name_problem("loras", lora_name, must_exist=False))
+        if identifier is not None and not identifier.strip():
+            problems.append("identifier is empty; use the one the subject LoRA was trained with, e.g. 'sks'")
+        return "; ".join(p for p in problems if p) or True
+
+    @classmethod
+    def execute(cls, model, clip, vae, image_reward, prompts, identifier, class_noun, description, lora_name,
+                lora=None, subject_images=None, **settings) -> io.NodeOutput:
+        config = _config(settings)
+        subject = Subject(identifier.strip(), class_noun.strip(), description.strip())
+        prompt_set = RLPrompts(tuple(prompt_templates(prompts)), subject)
+        lora_path = bridge.output_path_in_folder("loras", lora_name)
+        if lora is not None and getattr(model, "patches", None):
+            bridge.log.warning("InstructBooth RL: the MODEL already carries LoRA patches and a subject LoRA is "
+                               "connected too; connect the base model from Load Checkpoint to avoid applying it twice")
+        subject_batch = bridge.images_to_bchw(subject_images) if subject_images is not None else None
+        state = bridge.comfy_state_dict(model, clip, vae)
+        run = RunFolder("rl", lora_name, run_key(
+            weights=fingerprint_tensors(state), base_lora=state_fingerprint(lora),
+            reward=fingerprint_tensors(image_reward.model.state_dict()), prompts=prompt_set.templates,
+            subject=[subject.identifier, subject.class_noun, subject.description],
+            subject_images=fingerprint_images([subject_images]) if subject_images is not None else None,
+            settings=without(config.to_dict(), RUN_CONTROL)))
+        if run.is_finished():
+            bridge.log.info("InstructBooth RL: reusing the finished run in %s", run.path)
+        else:
+            if run.has_checkpoint():
+                bridge.log.info("InstructBooth RL: resuming from the checkpoints in %s", run.path)
+            _train(state, model, image_reward, prompt_set, config, lora, subject_batch, run)
+        tuned, metadata = load_lora(run.result_path)
+        history = run.read_json("metrics.json", {}).get("epochs", [])
+        save_lora(lora_path, tuned, metadata)
+        rewards = [entry["reward"]["all"]["mean"] for entry in history]
+        model, clip = bridge.apply_lora_to_comfy(model, clip, tuned)
+        curve = bridge.pil_to_image(draw_reward_curve(history))
+        return io.NodeOutput(model, clip, tuned, {"loss": rewards, "reward": rewards}, curve)
+
+
+def _train(state, model, image_reward, prompts, config, base_lora, subject_images, run: RunFolder) -> None:
+    """Trains (or resumes) in the run folder and writes the one-file LoRA there; raises on cancel."""
+
+    def reward(images, prompt_texts, metadata):  # cancel also between sampling batches
+        bridge.check_interrupt()
+        return image_reward(images, prompt_texts, metadata)
+
+    with bridge.training_session():
+        components = components_from_ldm(state, device=bridge.training_device(),
+                                         hints=bridge.architecture_hints(model), copy=False)
+        state.clear()
+        per_epoch = config.inner_epochs * config.samples_per_epoch // config.train_batch_size
+        progress = bridge.ComfyProgress(config.epochs * per_epoch)
+        result = train_rl(components, reward, prompts, config, progress, run.path, resume=True, base_lora=base_lora,
+                          subject_images=subject_images)
+        progress.raise_if_cancelled()
+        save_lora(run.result_path, result.lora_state, result.metadata)
+
+
+def prompt_templates(text: str) -> list[str]:
+    """Templates from the prompts widget: lines with {id}, '@set' lines naming shipped sets.
+
+    Raises ValueError naming the lines without {id}, unknown sets, or an empty list."""
+    templates = []
+    for line in parse_prompt_lines(text or ""):
+        if line.startswith("@"):
+            name = line[1:].strip()
+            if name not in shipped_prompt_sets():
+                raise ValueError(f"unknown prompt set {line!r}; shipped sets: "
+                                 + ", ".join("@" + s for s in shipped_prompt_sets()))
+            templates += load_prompt_set(name)
+        else:
+            templates.append(line)
+    missing = [t for t in templates if PLACEHOLDER not in t]
+    if missing:
+        shown = "; ".join(repr(t) for t in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise ValueError(f"prompts without {PLACEHOLDER}: {shown}. Write {PLACEHOLDER} where the subject goes, "
+                         "e.g. '{id} riding a bicycle'")
+    if not templates:
+        raise ValueError("no training prompts: write one per line with {id}, e.g. '{id} riding a bicycle', or @actions")
+    return list(dict.fromkeys(templates))
+
+
+def _config(settings: dict) -> RLConfig:
+    return RLConfig(
+        method=settings["method"], epochs=settings["epochs"], sample_steps=settings["sample_steps"],
+        guidance=settings["guidance"], height=settings["resolution"], width=settings["resolution"],
+        sample_batch_size=settings["batch_size"], sample_batches=settings["batches_per_epoch"],
+        train_batch_size=settings["train_batch_size"], learning_rate=settings["learning_rate"],
+        lora_rank=settings["lora_rank"], lora_alpha=float(settings["lora_rank"]),
+        identifier_ratio=settings["identifier_ratio"], use_description=settings["use_description"],
+        kl_weight=settings["kl_weight"], prior_weight=settings["prior_weight"],
+        mixed_precision=settings["mixed_precision"], gradient_checkpointing=settings["gradient_checkpointing"],
+        seed=settings["seed"],
+    )

@@ -1,0 +1,89 @@
+"""Training runs keyed by what they depend on, so that a re-run reuses or resumes.
+
+A run's folder is `<ComfyUI output>/instructbooth/<kind>-<name>-<key>/`, where the key is
+a hash of the input weights, the images and every setting that changes the result. The
+trainer writes its checkpoints there; a finished run leaves `result.safetensors` (and its
+losses or metrics) that a later run with the same key loads instead of training; a run
+that was cancelled has checkpoints the next one resumes from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+import folder_paths
+
+RUNS_FOLDER = "instructbooth"
+RESULT_FILE = "result.safetensors"
+KEY_LENGTH = 16  # hex digits of the run key in folder names
+SAMPLES_PER_TENSOR = 4096  # values read from each tensor for a weights fingerprint
+
+
+def fingerprint_tensors(tensors: Mapping[str, torch.Tensor]) -> str:
+    """A hash of names, shapes and evenly spaced values of every tensor (fast on large models).
+
+    Any fine-tune or LoRA changes a weight matrix throughout, so the sampled values change
+    too; reading every byte of a 4 GB model on every run would cost seconds for nothing."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        flat = tensor.reshape(-1)
+        if flat.numel():
+            step = max(1, flat.numel() // SAMPLES_PER_TENSOR)
+            digest.update(flat[::step].to("cpu", torch.float64).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def fingerprint_images(batches: list[torch.Tensor]) -> str:
+    """A hash of every pixel of the images (8-bit, as they would be saved)."""
+    digest = hashlib.sha256()
+    for batch in batches:
+        pixels = (batch.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().contiguous()
+        digest.update(f"{tuple(pixels.shape)};".encode())
+        digest.update(pixels.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def run_key(**parts: Any) -> str:
+    """A short stable hash of JSON-able parts (fingerprints, settings, prompts)."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:KEY_LENGTH]
+
+
+def without(settings: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """`settings` without fields that do not change the trained weights."""
+    return {k: v for k, v in settings.items() if k not in names}
+
+
+class RunFolder:
+    """Where one keyed run keeps its checkpoints and its finished result."""
+
+    def __init__(self, kind: str, name: str, key: str):
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name.strip()).strip("._") or "run"
+        self.path = Path(folder_paths.get_output_directory()) / RUNS_FOLDER / f"{kind}-{slug}-{key}"
+
+    @property
+    def result_path(self) -> Path:
+        return self.path / RESULT_FILE
+
+    def is_finished(self) -> bool:
+        return self.result_path.is_file()
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def read_json(self, name: str, default: Any = None) -> Any:
+        path = self.path / name
+        if not path.is_file():
+            return default
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    def has_checkpoint(self) -> bool:
+        return self.path.is_dir() and any(self.path.glob("checkpoint-*.pt"))
