@@ -225,3 +225,24 @@ def test_stop_training_exception_and_config_errors():
         RLConfig(sample_batch_size=4, sample_batches=1, train_batch_size=3)
     with pytest.raises(ValueError, match="method must be one of"):
         RLConfig(method="ppo")
+
+
+def test_rl_command_writes_one_lora_and_metrics(tmp_path):
+    from instructbooth.cli import main
+    from instructbooth.lora import load_lora
+
+    prompts = tmp_path / "mine.txt"
+    prompts.write_text("{id} riding a bicycle\n{id} swimming  # comment\n", encoding="utf-8")
+    output = tmp_path / "rl.safetensors"
+    argv = ["rl", "--random-model", "tiny", "--reward", "brightness", "--identifier", "sks", "--class-noun", "plushie",
+            "--prompts", str(prompts), "--heldout", "none", "--output", str(output), "--sample-steps", "3",
+            "--height", "16", "--width", "16", "--sample-batch-size", "4", "--sample-batches", "1",
+            "--train-batch-size", "4", "--epochs", "2", "--adv-clip", "none", "--reward-plain-prompt", "no"]
+    assert main(argv) == 0
+    state, metadata = load_lora(output)
+    assert metadata.method == "ddpo" and metadata.trigger_phrase == "sks plushie"
+    assert metadata.training_config["rl"]["adv_clip"] is None and metadata.training_config["epochs_done"] == 2
+    assert any(k.endswith("lora_down.weight") for k in state)
+    history = json.loads((tmp_path / "rl_metrics" / "metrics.json").read_text())["epochs"]
+    assert len(history) == 2 and "heldout" not in history[0]["reward"]
+    assert main(["rl", "--random-model", "tiny", "--reward", "brightness", "--output", str(output)]) == 1  # no subject

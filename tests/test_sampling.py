@@ -168,3 +168,26 @@ def test_trajectories_are_consistent_and_independent_of_batching(tiny):
     picked = traj.select([2, 0])
     assert picked.prompts == [prompts[2], prompts[0]] and picked.seeds == [33, 11]
     assert len(type(traj).cat([picked, traj])) == 5
+
+
+def test_generate_command_writes_seeded_images(tmp_path):
+    from PIL import Image
+
+    from instructbooth.cli import main
+    from instructbooth.commands.generate import fill_trigger, parse_lora_spec
+
+    out = tmp_path / "images"
+    argv = ["generate", "--random-model", "tiny", "--prompt", "a red cup", "--prompt", "a blue cup", "--num-images", "2",
+            "--seed", "7", "--steps", "3", "--height", "16", "--width", "16", "--batch-size", "3", "--output-dir", str(out)]
+    assert main(argv) == 0
+    records = __import__("json").loads((out / "images.json").read_text())["images"]
+    assert [(r["prompt"], r["seed"]) for r in records] == [("a red cup", 7), ("a red cup", 8), ("a blue cup", 7),
+                                                            ("a blue cup", 8)]
+    with Image.open(out / records[0]["file"]) as image:
+        assert image.size == (16, 16)
+    assert parse_lora_spec("a/b.safetensors:0.5") == ("a/b.safetensors", 0.5)
+    assert parse_lora_spec("C:/loras/x.safetensors") == ("C:/loras/x.safetensors", 1.0)
+    assert fill_trigger(["{id} swimming"], "sks plushie") == ["sks plushie swimming"]
+    with pytest.raises(ValueError, match="trigger phrase"):
+        fill_trigger(["{id} swimming"], "")
+    assert main(["generate", "--random-model", "tiny", "--output-dir", str(out)]) == 1  # no prompt: a clear error

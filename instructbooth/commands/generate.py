@@ -1,0 +1,123 @@
+"""`instructbooth generate`: sample images from an SD1.5 checkpoint with LoRA files.
+
+    instructbooth generate --checkpoint sd15.safetensors --lora sks_plushie_rl.safetensors \
+        --prompt "{id} riding a bicycle" --num-images 4 --output-dir out/
+
+`{id}` in a prompt becomes the trigger phrase stored in the first LoRA that has one
+(e.g. "sks plushie"). `--lora FILE:0.8` applies a LoRA at scale 0.8. Image i of a prompt
+uses seed `--seed + i`, so the same command makes the same images. Writes
+`<prompt index>-<seed>.png` and `images.json` (prompt, seed and file of every image).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "Sample images from an SD1.5 checkpoint with optional LoRA files."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--checkpoint", help="SD1.5 checkpoint (.safetensors file or diffusers folder)")
+    add("--random-model", choices=("tiny", "small-sd15"), help=argparse.SUPPRESS)
+    add("--lora", action="append", default=[], metavar="FILE[:SCALE]", help="LoRA to apply (repeatable)")
+    add("--prompt", action="append", default=[], help="a prompt (repeatable); {id} = the LoRA's trigger phrase")
+    add("--prompts", help="a .txt file of prompts, one per line ('#' comments)")
+    add("--negative-prompt", default="", help="the unconditional branch's prompt")
+    add("--num-images", type=int, default=1, help="images per prompt (default 1)")
+    add("--seed", type=int, default=0, help="seed of the first image of each prompt (default 0)")
+    add("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    add("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    add("--eta", type=float, default=1.0, help="DDIM noise: 1 = stochastic (default), 0 = deterministic DDIM")
+    add("--height", type=int, default=512)
+    add("--width", type=int, default=512)
+    add("--batch-size", type=int, default=4, help="images per sampler call (default 4)")
+    add("--output-dir", required=True, help="folder for the PNG files")
+    add("--device", default="auto", help="cpu, cuda, cuda:1, or auto (cuda when present)")
+    add("--dtype", default="float32", choices=("float32", "float16", "bfloat16"), help="model weights dtype")
+
+
+def parse_lora_spec(spec: str) -> tuple[str, float]:
+    """`path` or `path:scale` -> (path, scale); a Windows drive letter is not a scale."""
+    path, sep, scale = spec.rpartition(":")
+    if sep and path and not (len(path) == 1 and path.isalpha()):
+        try:
+            return path, float(scale)
+        except ValueError:
+            pass
+    return spec, 1.0
+
+
+def gather_prompts(args: argparse.Namespace) -> list[str]:
+    from ..prompts import read_prompt_file
+
+    prompts = list(args.prompt) + (read_prompt_file(args.prompts) if args.prompts else [])
+    if not prompts:
+        raise ValueError("give at least one --prompt (or --prompts FILE)")
+    return prompts
+
+
+def fill_trigger(prompts: list[str], trigger: str) -> list[str]:
+    if any("{id}" in p for p in prompts) and not trigger:
+        raise ValueError("a prompt uses {id} but no LoRA names a trigger phrase; write the phrase into the prompt")
+    return [p.replace("{id}", trigger) for p in prompts]
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..files import atomic_write, write_json
+    from ..lora import apply_lora, load_lora
+    from ..sampling import PromptEmbeddingCache, sample_images
+
+    prompts = gather_prompts(args)
+    loras = [(path, scale, *load_lora(path)) for path, scale in map(parse_lora_spec, args.lora)]
+    trigger = next((meta.trigger_phrase for _, _, _, meta in loras if meta.trigger_phrase), "")
+    prompts = fill_trigger(prompts, trigger)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    components = _load_components(args, device)
+    for path, scale, state, _ in loras:
+        patched = apply_lora(components, state, unet_scale=scale, text_scale=scale)
+        print(f"applied {path} at scale {scale} ({patched} modules)")
+
+    jobs = [(i, p, args.seed + k) for i, p in enumerate(prompts) for k in range(args.num_images)]
+    cache, records, folder = PromptEmbeddingCache(components), [], Path(args.output_dir)
+    for start in range(0, len(jobs), max(args.batch_size, 1)):
+        chunk = jobs[start : start + args.batch_size]
+        images = sample_images(components, [p for _, p, _ in chunk], [s for _, _, s in chunk], num_steps=args.steps,
+                               guidance=args.guidance, eta=args.eta, height=args.height, width=args.width,
+                               negative_prompt=args.negative_prompt, embeddings=cache)
+        for (index, prompt, seed), image in zip(chunk, images):
+            target = folder / f"{index:03d}-{seed}.png"
+            atomic_write(target, lambda p, im=image: _to_pil(im).save(p, format="PNG"))
+            records.append({"prompt": prompt, "seed": seed, "file": target.name})
+    write_json(folder / "images.json", {"images": records, "loras": [[p, s] for p, s, _, _ in loras],
+                                        "steps": args.steps, "guidance": args.guidance, "eta": args.eta})
+    print(f"wrote {len(records)} images to {folder}")
+    return 0
+
+
+def _load_components(args: argparse.Namespace, device: str):
+    import torch
+
+    dtype = getattr(torch, args.dtype)
+    if args.random_model:
+        from ..components import small_sd15_components, tiny_components
+
+        build = tiny_components if args.random_model == "tiny" else small_sd15_components
+        parts = build(seed=0)
+        return parts if (str(device), dtype) == ("cpu", torch.float32) else parts.to(device, dtype)
+    if not args.checkpoint:
+        raise ValueError("give --checkpoint (an SD1.5 .safetensors file or diffusers folder)")
+    from ..checkpoint import load_checkpoint
+
+    return load_checkpoint(args.checkpoint, dtype=dtype, device=device)
+
+
+def _to_pil(image):
+    import torch
+    from PIL import Image
+
+    array = (image.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array)

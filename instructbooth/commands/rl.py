@@ -1,0 +1,211 @@
+"""`instructbooth rl`: make a personalized model follow instructions again (InstructBooth stage 2).
+
+    instructbooth rl --checkpoint sd15.safetensors --lora sks_plushie.safetensors \
+        --reward imagereward:/models/ImageReward.pt --output sks_plushie_rl.safetensors
+
+Trains a new LoRA on top of the personalized one with DDPO (or `--method rwr`) on the
+default action and interaction prompts (or `--prompts my.txt`, one `{id}` template per
+line) and writes ONE LoRA file that ComfyUI's LoraLoader applies alone. Every RLConfig
+field is a flag (`--sample-steps 50 --clip-range 1e-4 ...`). Metrics (JSON and a reward
+curve) go to the checkpoint folder, or `<output stem>_metrics/`. Several GPUs:
+`accelerate launch --num_processes 4 -m instructbooth.cli rl ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import re
+import time
+import typing
+from pathlib import Path
+
+HELP = "Make a personalized model follow instructions again (DDPO / RWR on a reward)."
+RANDOM_MODELS = ("tiny", "small-sd15")  # seeded random components, for smoke tests without a checkpoint
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--checkpoint", help="base SD1.5 checkpoint (.safetensors file or diffusers folder)")
+    add("--random-model", choices=RANDOM_MODELS, help=argparse.SUPPRESS)
+    add("--lora", help="the personalized LoRA (from `instructbooth personalize`); its metadata names the subject")
+    add("--reward", required=True, help="reward spec: imagereward:/path/ImageReward.pt, brightness, target_color:1,0,0")
+    add("--output", required=True, help="LoRA file to write (.safetensors)")
+    subject = parser.add_argument_group("subject and prompts")
+    subject.add_argument("--identifier", help="rare token of the subject (default: from the LoRA's metadata)")
+    subject.add_argument("--class-noun", help="what the subject is (default: from the LoRA's metadata)")
+    subject.add_argument("--description", help="detailed description (default: from the LoRA's metadata)")
+    subject.add_argument("--prompts", default="actions,interactions",
+                         help="comma-separated shipped sets or .txt files of {id} templates (default actions,interactions)")
+    subject.add_argument("--heldout", default="heldout", help="held-out set or .txt file; 'none' for no evaluation")
+    subject.add_argument("--subject-images", help="folder of the subject photos (RWR's regulariser)")
+    subject.add_argument("--subject-measure", help="reward spec scoring subject likeness (with --subject-threshold)")
+    _add_config_flags(parser.add_argument_group("RL settings (RLConfig)"))
+    run_group = parser.add_argument_group("run")
+    run_group.add_argument("--checkpoint-dir", help="folder for per-epoch checkpoints and metrics (resumable)")
+    run_group.add_argument("--no-resume", action="store_true", help="start over, deleting old checkpoints")
+    run_group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, or auto (ignored under accelerate)")
+
+
+# --- RLConfig fields as flags -------------------------------------------------------------------
+
+
+def _config_fields():
+    from ..rl.config import RLConfig
+
+    hints = typing.get_type_hints(RLConfig)
+    return [(f, hints[f.name]) for f in dataclasses.fields(RLConfig)], _field_comments(RLConfig)
+
+
+def _field_comments(cls) -> dict[str, str]:
+    """`name -> comment` from the dataclass source (`name: type = default  # comment`)."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    pattern = re.compile(r"^\s+(\w+): [^=]+=[^#]*#\s*(.+)$")
+    return {m.group(1): m.group(2).strip() for m in map(pattern.match, source.splitlines()) if m}
+
+
+def _add_config_flags(group) -> None:
+    fields, comments = _config_fields()
+    for field, hint in fields:
+        flag = "--" + field.name.replace("_", "-")
+        text = f"{comments.get(field.name, '')} (default {field.default})".replace("%", "%%")
+        kind = _boolean if hint is bool else _parser_for(hint)
+        group.add_argument(flag, type=kind, metavar="yes|no" if hint is bool else None, default=argparse.SUPPRESS,
+                           help=text)
+
+
+def _parser_for(hint):
+    text = str(hint)
+    if "tuple" in text:
+        kind = float if "float" in text else str
+        return lambda value: tuple(kind(part.strip()) for part in value.split(",") if part.strip())
+    base = float if "float" in text else int if "int" in text else str
+    if "None" in text:
+        return lambda value: None if value.lower() == "none" else base(value)
+    return base
+
+
+def _boolean(value: str) -> bool:
+    if value.lower() in ("yes", "true", "1", "on"):
+        return True
+    if value.lower() in ("no", "false", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected yes or no, got {value!r}")
+
+
+def config_from_args(args: argparse.Namespace):
+    from ..rl.config import RLConfig
+
+    fields, _ = _config_fields()
+    given = {f.name: getattr(args, f.name) for f, _ in fields if hasattr(args, f.name)}  # flags given
+    return RLConfig(**given)
+
+
+# --- the run --------------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..lora import LoraMetadata, load_lora, save_lora
+    from ..rewards import load_reward
+    from ..rl.distributed import Processes
+    from ..rl.metrics import write_metrics
+    from ..rl.trainer import train_rl
+    from ..training import NonFiniteLossError
+
+    config = config_from_args(args)
+    processes, device = Processes.from_environment()
+    if processes.world_size == 1 and args.device != "auto":
+        import torch
+
+        device = torch.device(args.device)
+    base_lora, meta = load_lora(args.lora) if args.lora else (None, LoraMetadata())
+    prompts = build_prompts(args, meta)
+    reward = load_reward(args.reward, **_reward_options(args.reward, device))
+    measure = load_reward(args.subject_measure, **_reward_options(args.subject_measure, device)) if args.subject_measure else None
+    subject_images = _subject_images(args.subject_images, config) if args.subject_images else None
+    components, model_hash = load_model(args, device)
+    log = _progress_printer(processes.is_main)
+    try:
+        result = train_rl(components, reward, prompts, config, callback=log, checkpoint_dir=args.checkpoint_dir,
+                          resume=not args.no_resume, base_lora=base_lora, subject_images=subject_images,
+                          subject_measure=measure, base_model_hash=model_hash or meta.base_model_hash)
+    except KeyboardInterrupt:
+        kept = f"; rerun the same command to resume from {args.checkpoint_dir}" if args.checkpoint_dir else ""
+        print(f"interrupted{kept}")
+        return 130
+    except NonFiniteLossError as error:
+        print(f"instructbooth rl: error: {error}")
+        return 1
+    if processes.is_main:
+        output = Path(args.output)
+        save_lora(output, result.lora_state, result.metadata)
+        if args.checkpoint_dir is None:
+            write_metrics(output.with_name(f"{output.stem}_metrics"), result.metrics)
+        print(summary_line(result, output))
+    return 0
+
+
+def build_prompts(args: argparse.Namespace, meta):
+    from ..prompts import RLPrompts, Subject, load_prompt_set
+
+    identifier = args.identifier or meta.identifier
+    class_noun = args.class_noun or meta.class_noun
+    if not identifier or not class_noun:
+        raise ValueError("the subject is unknown: give --identifier and --class-noun (or a --lora whose metadata has them)")
+    description = args.description if args.description is not None else meta.description
+    subject = Subject(identifier, class_noun, description)
+    templates = tuple(t for name in args.prompts.split(",") if name.strip() for t in load_prompt_set(name.strip()))
+    heldout = () if args.heldout.lower() == "none" else tuple(load_prompt_set(args.heldout))
+    return RLPrompts(templates, subject, heldout)
+
+
+def _reward_options(spec: str, device) -> dict:
+    return {"device": device} if spec.split(":", 1)[0].strip().lower().replace("-", "_") in ("imagereward", "image_reward") else {}
+
+
+def _subject_images(folder: str, config):
+    import torch
+
+    from ..subject_data import fit_square, load_subject_images
+
+    side = min(config.height, config.width)
+    return torch.stack([fit_square(image, side, allow_upscale=True) for image in load_subject_images(folder)])
+
+
+def load_model(args: argparse.Namespace, device):
+    """(components on `device`, sha256 of the checkpoint file or "")."""
+    if args.random_model:
+        from ..components import small_sd15_components, tiny_components
+
+        build = tiny_components if args.random_model == "tiny" else small_sd15_components
+        parts = build(seed=0)
+        return (parts if str(device) == "cpu" else parts.to(device)), ""
+    if not args.checkpoint:
+        raise ValueError("give --checkpoint (an SD1.5 .safetensors file or diffusers folder)")
+    from ..checkpoint import load_checkpoint
+    from ..checkpoint_files import file_sha256
+
+    path = Path(args.checkpoint)
+    return load_checkpoint(path, device=device), file_sha256(path) if path.is_file() else ""
+
+
+def _progress_printer(enabled: bool):
+    started = time.perf_counter()
+
+    def report(step) -> None:
+        if enabled:
+            rate = step.step / max(time.perf_counter() - started, 1e-9)
+            print(f"step {step.step}/{step.total}  loss {step.loss:+.4e}  {rate:.2f} steps/s", flush=True)
+
+    return report
+
+
+def summary_line(result, output: Path) -> str:
+    last = result.metrics[-1]["reward"]["all"]["mean"] if result.metrics else float("nan")
+    first = result.metrics[0]["reward"]["all"]["mean"] if result.metrics else float("nan")
+    return (f"wrote {output} ({result.epochs_done} epochs, {result.stop_reason}; "
+            f"mean reward {first:.4f} -> {last:.4f})")
