@@ -9,7 +9,7 @@ Nothing here knows about diffusion. A trainer keeps its own loop and calls:
 - `StepReport` + `notify(callback, report) -> bool`: the per-step callback protocol. The
   callback returns False (or raises `StopTraining`) to stop; anything else it raises
   propagates (ComfyUI's cancel does that).
-- `require_finite(loss, step, store)`: the non-finite loss guard.
+- `require_finite(loss, step, store)`: the non-finite loss guard (names the last good checkpoint).
 - `Precision`: 16-bit frozen weights with fp32 trainable parameters (autocast, and a loss
   scaler for fp16), and `config_mismatch` to refuse resuming a different run.
 """
@@ -65,27 +65,27 @@ def notify(callback: StepCallback | None, report: StepReport) -> bool:
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the run stopped without saving the bad state."""
+    """The loss (or gradient) became NaN or infinite; the run stopped without saving the bad state."""
 
-    def __init__(self, step: int, loss: float, last_checkpoint: Path | None):
-        self.step, self.loss, self.last_checkpoint = step, loss, last_checkpoint
+    def __init__(self, step: int, value: float, last_checkpoint: Path | None, what: str = "loss"):
+        self.step, self.value, self.last_checkpoint = step, value, last_checkpoint
         kept = (
             f"the last good checkpoint is {last_checkpoint}"
             if last_checkpoint is not None
             else "no checkpoint was written (pass a checkpoint folder to keep progress)"
         )
         super().__init__(
-            f"training loss became {loss} at step {step}; stopped, {kept}. "
+            f"training {what} became {value} at step {step}; stopped, {kept}. "
             "Lower the learning rate, or train in full precision / bf16 instead of fp16."
         )
 
 
-def require_finite(loss: torch.Tensor, step: int, store: "CheckpointStore | None") -> float:
-    """The loss as a float; raises NonFiniteLossError (naming the last checkpoint) if not finite."""
-    value = float(loss.detach())
-    if not math.isfinite(value):
-        raise NonFiniteLossError(step, value, store.latest() if store is not None else None)
-    return value
+def require_finite(value: torch.Tensor | float, step: int, store: "CheckpointStore | None", what: str = "loss") -> float:
+    """`value` as a float; raises NonFiniteLossError (naming the last checkpoint) if not finite."""
+    number = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+    if not math.isfinite(number):
+        raise NonFiniteLossError(step, number, store.latest() if store is not None else None, what)
+    return number
 
 
 # --- RNG states ---------------------------------------------------------------------------
@@ -142,6 +142,11 @@ class CheckpointStore:
         for old in self.paths()[: -self.keep]:
             old.unlink(missing_ok=True)
         return path
+
+    def clear(self) -> None:
+        """Deletes every checkpoint in the folder (starting a run over)."""
+        for path in self.paths():
+            path.unlink(missing_ok=True)
 
     def load(self, path: str | Path | None = None) -> dict[str, Any] | None:
         """The given checkpoint, or the newest one; None when the folder has none."""
@@ -206,17 +211,21 @@ class Precision:
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
-    def step(self, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], max_norm: float | None) -> None:
-        """Unscales (fp16), clips to `max_norm` (None: no clipping) and steps the optimizer."""
+    def step(self, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], max_norm: float | None) -> float:
+        """Unscales (fp16), clips to `max_norm` (None: no clipping) and steps the optimizer.
+
+        Returns the gradient norm before clipping. A non-finite norm skips the step: with
+        fp16 that is the scaler's normal overflow handling; otherwise the caller should stop.
+        """
         if self.scaler is not None:
             self.scaler.unscale_(optimizer)
-        if max_norm is not None:
-            torch.nn.utils.clip_grad_norm_(params, max_norm)
+        norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm is not None else math.inf))
         if self.scaler is not None:
             self.scaler.step(optimizer)
             self.scaler.update()
-        else:
+        elif math.isfinite(norm):
             optimizer.step()
+        return norm
 
     def state_dict(self) -> dict[str, Any]:
         return self.scaler.state_dict() if self.scaler is not None else {}

@@ -1,0 +1,155 @@
+"""`instructbooth personalize`: train a subject LoRA from a few photos (DreamBooth, stage 1).
+
+    instructbooth personalize --checkpoint sd15.safetensors --images photos/ \
+        --class-noun plushie --description "with a blue star on its belly" --output sks_plushie.safetensors
+
+Writes the LoRA (loadable by ComfyUI's LoraLoader) and `<output stem>.loss.json`. With
+`--checkpoint-dir`, a rerun of the same command resumes where the last one stopped
+(Ctrl-C included). With `--prior-preservation --class-images DIR`, class images missing
+from DIR are generated once by the base model and saved there for later runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+HELP = "Teach SD1.5 a subject from a few photos (DreamBooth LoRA)."
+
+
+def _default(name: str):
+    from ..personalize import PersonalizeConfig
+
+    return getattr(PersonalizeConfig(), name)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--checkpoint", required=True, help="base SD1.5 checkpoint (.safetensors file or diffusers folder)")
+    add("--images", required=True, nargs="+", help="a folder of subject photos, or image files (.txt beside = caption)")
+    add("--output", required=True, help="LoRA file to write (.safetensors)")
+    subject = parser.add_argument_group("subject and prompts")
+    subject.add_argument("--identifier", default=_default("identifier"), help="rare token for the subject (default sks)")
+    subject.add_argument("--class-noun", default=_default("class_noun"), help="what the subject is (default plushie)")
+    subject.add_argument("--description", default="", help='detail for rare subjects, e.g. "with a blue star on its belly"')
+    subject.add_argument("--instance-template", default=_default("instance_template"), help="must contain {id}")
+    subject.add_argument("--class-template", default=_default("class_template"), help="prior-preservation prompt")
+    subject.add_argument("--no-captions", action="store_true", help="ignore .txt captions beside the images")
+    train = parser.add_argument_group("training")
+    for flag, name, kind in (("--rank", "rank", int), ("--alpha", "alpha", float), ("--steps", "steps", int),
+                             ("--batch-size", "batch_size", int), ("--learning-rate", "learning_rate", float),
+                             ("--warmup-steps", "warmup_steps", int), ("--resolution", "resolution", int),
+                             ("--seed", "seed", int)):
+        train.add_argument(flag, type=kind, default=_default(name), help=f"(default {_default(name)})")
+    train.add_argument("--train-text-encoder", action="store_true", help="LoRA on the text encoder too")
+    train.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
+    train.add_argument("--allow-upscale", action="store_true", help="accept photos much smaller than the resolution")
+    train.add_argument("--no-cache", action="store_true", help="re-encode images and prompts every step (slower)")
+    train.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
+    train.add_argument("--gradient-checkpointing", action="store_true", help="less memory, ~30%% slower")
+    prior = parser.add_argument_group("prior preservation")
+    prior.add_argument("--prior-preservation", action="store_true", help="add the class-image loss")
+    prior.add_argument("--prior-weight", type=float, default=_default("prior_weight"))
+    prior.add_argument("--class-images", default=None, help="folder of class images (missing ones generated there)")
+    prior.add_argument("--num-class-images", type=int, default=_default("num_class_images"))
+    run_group = parser.add_argument_group("run")
+    run_group.add_argument("--checkpoint-dir", default=None, help="folder for resumable training checkpoints")
+    run_group.add_argument("--checkpoint-every", type=int, default=_default("checkpoint_every"))
+    run_group.add_argument("--no-resume", action="store_true", help="start over, deleting old checkpoints")
+    run_group.add_argument("--validation-prompt", action="append", default=[], help="repeatable; may use {id} {cls}")
+    run_group.add_argument("--validation-every", type=int, default=0, help="steps between validation images")
+    run_group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, or auto (cuda when present)")
+    run_group.add_argument("--log-every", type=int, default=10, help="steps between progress lines")
+
+
+def config_from_args(args: argparse.Namespace):
+    from ..personalize import PersonalizeConfig
+
+    return PersonalizeConfig(
+        identifier=args.identifier, class_noun=args.class_noun, description=args.description,
+        instance_template=args.instance_template, class_template=args.class_template, use_captions=not args.no_captions,
+        rank=args.rank, alpha=args.alpha, train_text_encoder=args.train_text_encoder, steps=args.steps,
+        batch_size=args.batch_size, learning_rate=args.learning_rate, warmup_steps=args.warmup_steps,
+        resolution=args.resolution, flip=not args.no_flip, allow_upscale=args.allow_upscale, cache=not args.no_cache,
+        prior_preservation=args.prior_preservation, prior_weight=args.prior_weight,
+        num_class_images=args.num_class_images, mixed_precision=args.mixed_precision,
+        gradient_checkpointing=args.gradient_checkpointing, seed=args.seed, checkpoint_every=args.checkpoint_every,
+        validation_prompts=tuple(args.validation_prompt), validation_every=args.validation_every,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..checkpoint import load_checkpoint
+    from ..personalize import personalize, save_result
+    from ..subject_data import load_subject_images
+    from ..training import NonFiniteLossError
+
+    config = config_from_args(args)
+    images = args.images[0] if len(args.images) == 1 else args.images
+    load_subject_images(images)  # fail on bad photos before loading the model
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    components = load_checkpoint(args.checkpoint, device=device)
+    class_images = None
+    if args.prior_preservation and args.class_images:
+        class_images = fill_class_folder(components, config, Path(args.class_images))
+    started = time.perf_counter()
+
+    def report(step) -> None:
+        if step.step % max(args.log_every, 1) == 0 or step.step == step.total:
+            rate = step.step / max(time.perf_counter() - started, 1e-9)
+            print(f"step {step.step}/{step.total}  loss {step.loss:.4f}  {rate:.2f} steps/s", flush=True)
+
+    try:
+        result = personalize(
+            components, images, config, callback=report, checkpoint_dir=args.checkpoint_dir,
+            resume=not args.no_resume, class_images=class_images, base_model_hash=_hash_or_blank(args.checkpoint),
+        )
+    except KeyboardInterrupt:
+        kept = f"; rerun the same command to resume from {args.checkpoint_dir}" if args.checkpoint_dir else ""
+        print(f"interrupted{kept}")
+        return 130
+    except NonFiniteLossError as error:
+        print(f"instructbooth personalize: error: {error}")
+        return 1
+    path = save_result(result, args.output)
+    save_validation(result, path.with_name(f"{path.stem}_validation"))
+    print(f"wrote {path} ({result.steps_done} steps, final loss {result.loss_history[-1]:.4f})")
+    return 0
+
+
+def save_validation(result, folder: Path) -> None:
+    """Validation images as `folder/step-<step>-<i>.png`."""
+    from ..files import atomic_write
+    from ..personalize import to_pil
+
+    for batch in result.validation:
+        for index, image in enumerate(batch.images):
+            target = folder / f"step-{batch.step:06d}-{index}.png"
+            atomic_write(target, lambda p, im=image: to_pil(im).save(p, format="PNG"))
+
+
+def fill_class_folder(components, config, folder: Path) -> Path:
+    """Generates the class images `folder` lacks (PNG, numbered) and returns the folder."""
+    from ..files import atomic_write
+    from ..personalize import generate_class_images, to_pil
+    from ..subject_data import IMAGE_SUFFIXES, class_prompt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    have = len([p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES])
+    missing = config.num_class_images - have
+    if missing > 0:
+        prompt = class_prompt(config.class_template, config.identifier, config.class_noun)
+        print(f"generating {missing} class images for {prompt!r} into {folder}", flush=True)
+        images = generate_class_images(components, prompt, config, count=missing, first=have)
+        for index, image in enumerate(images, start=have):
+            atomic_write(folder / f"class-{index:05d}.png", lambda p, im=image: to_pil(im).save(p, format="PNG"))
+    return folder
+
+
+def _hash_or_blank(path: str) -> str:
+    from ..checkpoint import file_sha256
+
+    return file_sha256(path) if Path(path).is_file() else ""
