@@ -51,16 +51,17 @@ class SubjectImage:
 
 
 def load_subject_images(source: ImageSource) -> list[SubjectImage]:
-    """Images from a folder, files, PIL images or tensors; raises SubjectDataError if none."""
-    if isinstance(source, (str, Path)) and Path(source).is_dir():
-        items: list = _image_files(Path(source))
-        if not items:
-            raise SubjectDataError(f"no subject images in folder {source} (looked for {', '.join(IMAGE_SUFFIXES)})")
-    elif isinstance(source, (str, Path, torch.Tensor, Image.Image)):
-        items = [source]
-    else:
-        items = list(source)
-    images = [image for i, item in enumerate(items) for image in _load_item(item, i)]
+    """Images from folders, files, PIL images or tensors; raises SubjectDataError if none."""
+    items = [source] if isinstance(source, (str, Path, torch.Tensor, Image.Image)) else list(source)
+    images: list[SubjectImage] = []
+    for item in items:
+        if isinstance(item, (str, Path)) and Path(item).is_dir():
+            files = _image_files(Path(item))
+            if not files:
+                raise SubjectDataError(f"no subject images in folder {item} (looked for {', '.join(IMAGE_SUFFIXES)})")
+            images += [load_image_file(path) for path in files]
+        else:
+            images += _load_item(item, first=len(images))
     if not images:
         raise SubjectDataError("no subject images were given; pass at least one photo of the subject (3-10 is typical)")
     return images
@@ -71,12 +72,12 @@ def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in files if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _load_item(item: str | Path | torch.Tensor | Image.Image, index: int) -> list[SubjectImage]:
+def _load_item(item: str | Path | torch.Tensor | Image.Image, first: int) -> list[SubjectImage]:
+    """The images of one item; in-memory ones are named "image <n>" counting from `first`."""
     if isinstance(item, torch.Tensor):
-        batch = tensor_to_bchw(item)
-        return [SubjectImage(img, f"image {index + j}") for j, img in enumerate(batch)]
+        return [SubjectImage(img, f"image {first + j}") for j, img in enumerate(tensor_to_bchw(item))]
     if isinstance(item, Image.Image):
-        return [SubjectImage(pil_to_tensor(item), f"image {index}")]
+        return [SubjectImage(pil_to_tensor(item), f"image {first}")]
     return [load_image_file(Path(item))]
 
 

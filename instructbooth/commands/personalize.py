@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     from ..training import NonFiniteLossError
 
     config = config_from_args(args)
-    images = args.images[0] if len(args.images) == 1 else args.images
+    images = args.images  # folders and/or files
     load_subject_images(images)  # fail on bad photos before loading the model
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     components = load_checkpoint(args.checkpoint, device=device)
