@@ -118,15 +118,20 @@ def require_sd15(model) -> None:
 
 
 def comfy_state_dict(model, clip, vae) -> dict[str, torch.Tensor]:
-    """MODEL + CLIP + VAE as one LDM-format state dict: float32 CPU copies the caller may train.
+    """MODEL + CLIP + VAE as one LDM-format state dict of ComfyUI's own (loaded) tensors.
 
     LoRAs chained before this node are baked in (ComfyUI patches weights when it loads a
-    model, as its own checkpoint saver does). The copies are made outside inference mode.
+    model, as its own checkpoint saver does). Read-only: take `trainable_copy` before
+    anything unloads the models (unloading would undo those patches in place).
     """
     require_sd15(model)
     comfy.model_management.load_models_gpu([model, clip.load_model()], force_patch_weights=True,
                                            force_full_load=True)
-    state = model.model.state_dict_for_saving(clip.get_sd(), vae.get_sd())
+    return model.model.state_dict_for_saving(clip.get_sd(), vae.get_sd())
+
+
+def trainable_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """float32 CPU copies made outside inference mode, free to train (ComfyUI's tensors untouched)."""
     with torch.inference_mode(False):
         return {key: value.detach().to("cpu", torch.float32).clone() for key, value in state.items()}
 

@@ -111,7 +111,9 @@ class Personalize(io.ComfyNode):
         else:
             if run.has_checkpoint():
                 bridge.log.info("InstructBooth Personalize: resuming from the checkpoints in %s", run.path)
-            _train(state, values["model"], images, class_images, config, run)
+            else:
+                bridge.log.info("InstructBooth Personalize: training %d steps in %s", config.steps, run.path)
+            _train(bridge.trainable_copy(state), values["model"], images, class_images, config, run)
         lora, metadata = load_lora(run.result_path)
         losses = run.read_json("result.loss.json", {}).get("loss", [])
         save_lora(lora_path, lora, metadata)

@@ -135,7 +135,9 @@ class RLFineTune(io.ComfyNode):
         else:
             if run.has_checkpoint():
                 bridge.log.info("InstructBooth RL: resuming from the checkpoints in %s", run.path)
-            _train(state, model, image_reward, prompt_set, config, lora, subject_batch, run)
+            else:
+                bridge.log.info("InstructBooth RL: training %d epochs in %s", config.epochs, run.path)
+            _train(bridge.trainable_copy(state), model, image_reward, prompt_set, config, lora, subject_batch, run)
         tuned, metadata = load_lora(run.result_path)
         history = run.read_json("metrics.json", {}).get("epochs", [])
         save_lora(lora_path, tuned, metadata)
