@@ -350,3 +350,33 @@ def _wait_for_checkpoint(base: Path, pattern: str, minimum_step: int, timeout: f
                 return path
         time.sleep(0.5)
     raise TimeoutError(f"no checkpoint {pattern} at step >= {minimum_step} within {timeout} s")
+
+
+# --- bad input is refused before anything runs ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, changes, message", [
+    ("score_and_rerank", {"InstructBoothImageRewardLoader": dict(reward_file="ImageReward.pt")},
+     "no file 'ImageReward.pt' in the ImageReward folder"),
+    ("instructbooth_full", {"InstructBoothRLFineTune": dict(prompts="{id} riding a bicycle\na plushie reading")},
+     "prompts without {id}: 'a plushie reading'"),
+    ("personalize", {"InstructBoothPersonalize": dict(lora_name="../../escape")}, "must be a relative name"),
+    ("controlnet", {"InstructBoothLoadLoRA": dict(lora_name="../checkpoints/sd15_small.safetensors")},
+     "must be a relative name"),
+])
+def test_bad_input_is_refused_with_a_clear_message(server, name, changes, message):
+    answer = submit(server, workflow(name, **changes))
+    errors = answer["node_errors"]
+    assert any(message in json.dumps(e) for e in errors.values()), json.dumps(answer)[:2000]
+    if "prompt_id" in answer:  # ComfyUI runs the outputs that do not depend on the bad node
+        server.wait(answer["prompt_id"], timeout=120)
+
+
+def submit(server, prompt: dict) -> dict:
+    """POST /prompt's answer, also when ComfyUI refuses the prompt (HTTP 400)."""
+    import urllib.error
+
+    try:
+        return server.post("/prompt", {"prompt": prompt, "client_id": server.client_id})
+    except urllib.error.HTTPError as error:
+        return json.loads(error.read())
