@@ -156,7 +156,7 @@ def learning_rate_at(step: int, config: PersonalizeConfig) -> float:
 # --- training data -------------------------------------------------------------------------------
 
 
-def instance_examples(images: ImageSource, config: PersonalizeConfig, device: torch.device) -> Examples:
+def instance_examples(images: ImageSource, config: PersonalizeConfig) -> Examples:
     """The subject photos, squared, with their prompts (the instance prompt or their captions)."""
     subjects = load_subject_images(images)
     default = instance_prompt(config.instance_template, config.identifier, config.class_noun, config.description)
@@ -166,7 +166,7 @@ def instance_examples(images: ImageSource, config: PersonalizeConfig, device: to
         for s in subjects
     ]
     pixels = torch.stack([fit_square(s, config.resolution, config.min_image_side, config.allow_upscale) for s in subjects])
-    return Examples(pixels.to(device), prompts, seed=config.seed)
+    return Examples(pixels, prompts, seed=config.seed)
 
 
 def class_examples(images: ImageSource | None, config: PersonalizeConfig, components: SDComponents) -> Examples:
@@ -178,7 +178,7 @@ def class_examples(images: ImageSource | None, config: PersonalizeConfig, compon
                               for s in subjects])
     else:
         pixels = generate_class_images(components, prompt, config)
-    return Examples(pixels.to(components.device), [prompt] * len(pixels), seed=config.seed + 1)
+    return Examples(pixels, [prompt] * len(pixels), seed=config.seed + 1)
 
 
 @torch.no_grad()
@@ -222,10 +222,10 @@ def personalize(
     """
     check_config(config, components)
     store = CheckpointStore(checkpoint_dir, config.keep_checkpoints) if checkpoint_dir is not None else None
-    if store is not None and not resume:
-        store.clear()
     with torch.inference_mode(False), torch.enable_grad():
-        instance = instance_examples(images, config, components.device)
+        instance = instance_examples(images, config)
+        if store is not None and not resume:
+            store.clear()
         modes = [(m, m.training) for m in components.modules()]
         params = inject_lora(components, config.lora_config(), seed=config.seed)
         try:

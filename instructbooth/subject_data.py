@@ -217,7 +217,7 @@ def contains_word(text: str, word: str) -> bool:
 class Examples:
     """One part of each batch (the instance photos or the class images), ready to draw from."""
 
-    pixels: torch.Tensor  # [N, 3, R, R] in [0, 1] on the model's device
+    pixels: torch.Tensor  # [N, 3, R, R] in [0, 1], CPU (moved to the model's device a batch at a time)
     prompts: list[str]  # [N]
     seed: int  # seeds the per-epoch shuffles
     mean: torch.Tensor | None = None  # [V, N, C, h, w] cached posterior means; V=2 with flips (plain, flipped)
@@ -247,18 +247,20 @@ def posterior(components: SDComponents, pixels: torch.Tensor) -> tuple[torch.Ten
 
 
 @torch.no_grad()
-def cache_examples(examples: Examples, components: SDComponents, flip: bool, prompts: bool, chunk: int = 4) -> None:
-    """Encodes the images once (both orientations when `flip`), and the prompts when `prompts`."""
+def cache_examples(examples: Examples, components: SDComponents, flip: bool, prompts: bool, chunk: int = 1) -> None:
+    """Encodes the images once (both orientations when `flip`), and the prompts when `prompts`.
+
+    Images go through the VAE `chunk` at a time (1: no more activation memory than a step)."""
     views = [examples.pixels, examples.pixels.flip(-1)] if flip else [examples.pixels]
     means, stds = [], []
     for view in views:
-        parts = [posterior(components, part) for part in view.split(chunk)]
+        parts = [posterior(components, part.to(components.device)) for part in view.split(chunk)]
         means.append(torch.cat([m for m, _ in parts]))
         stds.append(torch.cat([s for _, s in parts]))
     examples.mean, examples.std = torch.stack(means), torch.stack(stds)
     if prompts:
         unique = list(dict.fromkeys(examples.prompts))
-        encoded = torch.cat([encode_prompts(components, unique[i : i + chunk]) for i in range(0, len(unique), chunk)])
+        encoded = torch.cat([encode_prompts(components, unique[i : i + 8]) for i in range(0, len(unique), 8)])
         examples.embeddings = encoded[[unique.index(p) for p in examples.prompts]].float()
 
 
@@ -277,8 +279,8 @@ def draw_batch(
     if examples.mean is not None:
         mean, std = examples.mean[flips.long(), rows], examples.std[flips.long(), rows]
     else:
-        pixels = examples.pixels[rows.to(device)]
-        pixels = torch.where(flips.to(device)[:, None, None, None], pixels.flip(-1), pixels)
+        pixels = examples.pixels[rows]
+        pixels = torch.where(flips[:, None, None, None], pixels.flip(-1), pixels).to(device)
         with torch.no_grad():
             mean, std = posterior(components, pixels)
     latents = mean + std * torch.randn(mean.shape, generator=generator).to(device)

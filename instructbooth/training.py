@@ -11,7 +11,8 @@ Nothing here knows about diffusion. A trainer keeps its own loop and calls:
   propagates (ComfyUI's cancel does that).
 - `require_finite(loss, step, store)`: the non-finite loss guard (names the last good checkpoint).
 - `Precision`: 16-bit frozen weights with fp32 trainable parameters (autocast, and a loss
-  scaler for fp16), and `config_mismatch` to refuse resuming a different run.
+  scaler for fp16); `gradient_checkpointing(modules, enabled)` for diffusers and
+  transformers models; `config_mismatch` to refuse resuming a different run.
 """
 
 from __future__ import annotations

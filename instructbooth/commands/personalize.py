@@ -91,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     images = args.images  # folders and/or files
     load_subject_images(images)  # fail on bad photos before loading the model
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    components = load_checkpoint(args.checkpoint, device=device)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.mixed_precision, torch.float32)
+    components = load_checkpoint(args.checkpoint, dtype=dtype, device=device)  # LoRA stays fp32 regardless
     class_images = None
     if args.prior_preservation and args.class_images:
         class_images = fill_class_folder(components, config, Path(args.class_images))
