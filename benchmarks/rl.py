@@ -248,7 +248,9 @@ def _peak_tflops(device: str, precision: str) -> float | None:
 
 
 def _device_name(device: str) -> str:
-    return torch.cuda.get_device_name() if device.startswith("cuda") else f"CPU ({platform.processor() or 'unknown'}, {torch.get_num_threads()} threads)"
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name()
+    return f"CPU ({platform.processor() or 'unknown'}, {torch.get_num_threads()} threads)"
 
 
 def print_table(rows: list[dict]) -> None:

@@ -53,7 +53,8 @@ def indefinite_article(noun: str) -> str:
 def fill(template: str, phrase: str) -> str:
     """`template` with every `{id}` replaced by `phrase` (other braces are left alone)."""
     if PLACEHOLDER not in template:
-        raise ValueError(f"prompt template {template!r} has no {PLACEHOLDER} placeholder; write e.g. '{{id}} riding a bicycle'")
+        raise ValueError(f"prompt template {template!r} has no {PLACEHOLDER} placeholder; "
+                         "write e.g. '{id} riding a bicycle'")
     return template.replace(PLACEHOLDER, phrase)
 
 
@@ -95,7 +96,8 @@ def load_prompt_set(name: str) -> list[str]:
         return read_prompt_file(name)
     path = resources.files(PROMPT_PACKAGE) / PROMPT_FOLDER / f"{name}.txt"
     if not path.is_file():
-        raise ValueError(f"no shipped prompt set {name!r}; shipped: {', '.join(shipped_prompt_sets())} (or give a .txt path)")
+        shipped = ", ".join(shipped_prompt_sets())
+        raise ValueError(f"no shipped prompt set {name!r}; shipped: {shipped} (or give a .txt path)")
     return parse_prompt_lines(path.read_text(encoding="utf-8"))
 
 

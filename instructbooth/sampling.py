@@ -65,7 +65,8 @@ def ddim_schedule(scheduler, num_steps: int) -> DDIMSchedule:
     if ddim.config.thresholding:
         raise ValueError("dynamic thresholding is not supported by ddim_step_with_logprob; use a config without it")
     if ddim.config.prediction_type not in ("epsilon", "v_prediction"):
-        raise ValueError(f"prediction_type {ddim.config.prediction_type!r} not supported; use 'epsilon' or 'v_prediction'")
+        raise ValueError(f"prediction_type {ddim.config.prediction_type!r} not supported; "
+                         "use 'epsilon' or 'v_prediction'")
     ddim.set_timesteps(num_steps)
     clip = float(ddim.config.clip_sample_range) if ddim.config.clip_sample else None
     return DDIMSchedule(

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from instructbooth.components import tiny_components
-from instructbooth.lora import LoraConfig, apply_lora, inject_lora, lora_state_dict, remove_lora
+from instructbooth.lora import LoraConfig, apply_lora, inject_lora, lora_state_dict
 from instructbooth.lora import LoraLinear
 from instructbooth.prompts import RLPrompts, Subject
 from instructbooth.rl.config import RLConfig

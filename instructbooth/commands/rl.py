@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     subject.add_argument("--class-noun", help="what the subject is (default: from the LoRA's metadata)")
     subject.add_argument("--description", help="detailed description (default: from the LoRA's metadata)")
     subject.add_argument("--prompts", default="actions,interactions",
-                         help="comma-separated shipped sets or .txt files of {id} templates (default actions,interactions)")
+                         help="comma-separated shipped sets or .txt files of {id} templates "
+                              "(default actions,interactions)")
     subject.add_argument("--heldout", default="heldout", help="held-out set or .txt file; 'none' for no evaluation")
     subject.add_argument("--subject-images", help="folder of the subject photos (RWR's regulariser)")
     subject.add_argument("--subject-measure", help="reward spec scoring subject likeness (with --subject-threshold)")
@@ -125,7 +126,9 @@ def run(args: argparse.Namespace) -> int:
     base_lora, meta = load_lora(args.lora) if args.lora else (None, LoraMetadata())
     prompts = build_prompts(args, meta)
     reward = load_reward(args.reward, **_reward_options(args.reward, device))
-    measure = load_reward(args.subject_measure, **_reward_options(args.subject_measure, device)) if args.subject_measure else None
+    measure = None
+    if args.subject_measure:
+        measure = load_reward(args.subject_measure, **_reward_options(args.subject_measure, device))
     subject_images = _subject_images(args.subject_images, config) if args.subject_images else None
     components, model_hash = load_model(args, device)
     log = _progress_printer(processes.is_main)
@@ -155,7 +158,8 @@ def build_prompts(args: argparse.Namespace, meta):
     identifier = args.identifier or meta.identifier
     class_noun = args.class_noun or meta.class_noun
     if not identifier or not class_noun:
-        raise ValueError("the subject is unknown: give --identifier and --class-noun (or a --lora whose metadata has them)")
+        raise ValueError("the subject is unknown: give --identifier and --class-noun "
+                         "(or a --lora whose metadata has them)")
     description = args.description if args.description is not None else meta.description
     subject = Subject(identifier, class_noun, description)
     templates = tuple(t for name in args.prompts.split(",") if name.strip() for t in load_prompt_set(name.strip()))
@@ -164,7 +168,8 @@ def build_prompts(args: argparse.Namespace, meta):
 
 
 def _reward_options(spec: str, device) -> dict:
-    return {"device": device} if spec.split(":", 1)[0].strip().lower().replace("-", "_") in ("imagereward", "image_reward") else {}
+    name = spec.split(":", 1)[0].strip().lower().replace("-", "_")
+    return {"device": device} if name in ("imagereward", "image_reward") else {}
 
 
 def _subject_images(folder: str, config):

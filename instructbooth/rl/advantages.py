@@ -76,7 +76,8 @@ class PerPromptStatTracker:
         for prompt in dict.fromkeys(prompts):
             rows = torch.tensor([p == prompt for p in prompts])
             seen = torch.tensor(list(self.buffers[prompt]), dtype=torch.float64)
-            mean, std = (seen.mean(), seen.std(unbiased=False)) if len(seen) >= self.min_count else (batch_mean, batch_std)
+            enough = len(seen) >= self.min_count
+            mean, std = (seen.mean(), seen.std(unbiased=False)) if enough else (batch_mean, batch_std)
             advantages[rows] = _normalised(values[rows], mean, std, eps)
         return advantages.float()
 

@@ -102,7 +102,8 @@ def evaluate_heldout(ctx: RunContext) -> list[float]:
     """Rewards of the held-out prompts (with the identifier) at fixed seeds, all processes'."""
     config, processes = ctx.config, ctx.processes
     drawn = ctx.prompts.heldout_prompts(config.use_description, config.reward_plain_prompt)
-    items = [(d, derive_seed(config.seed, "heldout", i, j)) for i, d in enumerate(drawn) for j in range(config.heldout_seeds)]
+    items = [(d, derive_seed(config.seed, "heldout", i, j))
+             for i, d in enumerate(drawn) for j in range(config.heldout_seeds)]
     mine = items[processes.rank :: processes.world_size]
     rewards: list[float] = []
     for start in range(0, len(mine), config.sample_batch_size):

@@ -53,7 +53,8 @@ class Policy:
     _released: bool = field(default=False, repr=False)
 
     @classmethod
-    def prepare(cls, components: SDComponents, config: RLConfig, base_lora: Mapping[str, torch.Tensor] | None) -> "Policy":
+    def prepare(cls, components: SDComponents, config: RLConfig, base_lora: Mapping[str, torch.Tensor] | None
+                ) -> "Policy":
         base = {k: v.detach().to("cpu", torch.float32) for k, v in base_lora.items()} if base_lora else None
         if config.continue_base_lora:
             if base is None:
@@ -125,7 +126,8 @@ def lora_config_of(state: Mapping[str, torch.Tensor]) -> LoraConfig:
     if len(ranks) != 1 or len(alphas) != 1:
         raise LoraError(f"continuing a LoRA needs one rank and alpha for all modules; found ranks {sorted(ranks)}")
     rank, alpha = ranks.pop(), alphas.pop()
-    suffixes = {"unet": UNET_ATTENTION_TARGETS + UNET_EXTRA_TARGETS, "text_encoder": TEXT_ATTENTION_TARGETS + TEXT_MLP_TARGETS}
+    suffixes = {"unet": UNET_ATTENTION_TARGETS + UNET_EXTRA_TARGETS,
+                "text_encoder": TEXT_ATTENTION_TARGETS + TEXT_MLP_TARGETS}
     targets: dict[str, set[str]] = {"unet": set(), "text_encoder": set()}
     for name in groups:
         part, suffix = _target_of(name, suffixes)

@@ -204,7 +204,8 @@ def _maybe_heldout(ctx: RunContext, epoch: int) -> tuple[list[float], float]:
 # --- one epoch of training -------------------------------------------------------------------
 
 
-def _train_epoch(ctx, samples: EpochSamples, tracker, optimizer, state, store, callback, epoch) -> tuple[list[StepStats], bool]:
+def _train_epoch(ctx, samples: EpochSamples, tracker, optimizer, state, store, callback, epoch
+                 ) -> tuple[list[StepStats], bool]:
     """Inner epochs of minibatch updates; returns the step statistics and whether to stop."""
     config = ctx.config
     if config.method == "ddpo":

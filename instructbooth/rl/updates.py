@@ -94,7 +94,8 @@ def noised(ctx: RunContext, latents: torch.Tensor, generator: torch.Generator):
     noise = torch.randn(latents.shape, generator=generator).to(latents)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
     timesteps = timesteps.to(latents.device)
-    return scheduler.add_noise(latents, noise, timesteps), timesteps, denoising_target(scheduler, latents, noise, timesteps)
+    target = denoising_target(scheduler, latents, noise, timesteps)
+    return scheduler.add_noise(latents, noise, timesteps), timesteps, target
 
 
 def rwr_update(
