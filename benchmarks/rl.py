@@ -33,10 +33,31 @@ on the same model and settings:
 The UNet work per sample is the same in all three (CFG batched into one call at sampling
 and training), so the expected gain is the avoided overhead above, not a faster UNet.
 
+Memory estimate without a GPU (`--memory-estimate`): the full SD1.5 at batch 1 with CFG
+(a UNet batch of 2) at 512 px, bf16 frozen weights, LoRA rank 4, one DDPO training step's
+forward on this machine; it adds the bytes of every weight (ImageReward's included, counted
+on the meta device), the LoRA's fp32 weights, gradients and Adam moments, and the tensors
+autograd keeps for backward (deduplicated by storage), with and without gradient
+checkpointing. Backward adds transient activation gradients (typically a few hundred MB),
+and a CUDA allocator some fragmentation, so read it as a floor with a margin to keep.
+
     OMP_NUM_THREADS=1 python benchmarks/rl.py                 # tiny and small on CPU
     python benchmarks/rl.py --configs sd15 sd15-b1 --device cuda
+    python benchmarks/rl.py --configs --memory-estimate       # full SD1.5 memory, any device
 
 Prints a table and writes benchmarks/results/rl.json.
+
+Measured on the shared 2-core development machine (load ~5, so slow and noisy), torch 2.13:
+
+    config | samples | sample s | reward s | train s | epoch s | TFLOP/epoch | TFLOP/s | peak RSS GiB | avoided s
+    tiny   | 8       | 3.42     | 0.004    | 9.76    | 13.19   | 0.105       | 0.008   | 0.51         | 0.035
+    small  | 4       | 45.74    | 0.000    | 63.95   | 109.69  | 3.92        | 0.036   | 1.63         | 0.145
+
+    memory estimate, full SD1.5, DDPO batch 1 + CFG, 512 px, bf16, ImageReward loaded:
+      no checkpointing 6.01 GiB = weights 1.99 + ImageReward 0.83 + LoRA/Adam 0.01 + saved activations 3.18
+      checkpointing    3.31 GiB = weights 1.99 + ImageReward 0.83 + LoRA/Adam 0.01 + saved activations 0.48
+    (floors; the 12 GB / 8 GB goals leave room for backward transients and the VAE decode).
+No GPU was lent when this was written: the sd15 rows and utilisation still need a GPU run.
 """
 
 from __future__ import annotations
@@ -253,6 +274,52 @@ def _device_name(device: str) -> str:
     return f"CPU ({platform.processor() or 'unknown'}, {torch.get_num_threads()} threads)"
 
 
+def memory_estimate(device: str, checkpointing: bool) -> dict:
+    """GiB of DDPO's training step at batch 1 with CFG on the full SD1.5 (see the docstring)."""
+    from instructbooth.rewards import ImageRewardConfig
+    from instructbooth.rewards.image_reward_model import ImageRewardModel
+    from instructbooth.rl.ddpo import ddpo_loss
+    from instructbooth.rl.policy import Policy
+    from instructbooth.sampling import ddim_schedule, ddim_step, gaussian_log_prob
+    from instructbooth.training import Precision, gradient_checkpointing
+
+    components = build_components(*sd15_configs(), seed=0)
+    components = components if device == "cpu" else components.to(device)
+    config = RLConfig(sample_batch_size=1, train_batch_size=1, sample_batches=1, mixed_precision="bf16")
+    policy = Policy.prepare(components, config, None)
+    precision = Precision.create("bf16", device)
+    precision.cast_frozen(components.modules(), policy.params)
+    with torch.device("meta"):
+        reward_model = ImageRewardModel(ImageRewardConfig.official())
+    gib = 2**30
+    weights = sum(t.numel() * t.element_size() for m in components.modules() for t in [*m.parameters(), *m.buffers()])
+    lora = sum(p.numel() * 4 for p in policy.params)
+    saved: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    cond = encode_prompts(components, ["sks plushie riding a bicycle"]).detach()
+    uncond = encode_prompts(components, [""]).detach()
+    x = torch.randn(1, 4, 64, 64, device=device)
+    schedule = ddim_schedule(components.scheduler, 50).to(device)
+    began = time.perf_counter()
+    with gradient_checkpointing([components.unet], checkpointing), precision.autocast(), \
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = guided_noise_prediction(components.unet, x, 501, cond, uncond, 5.0)
+        step = ddim_step(schedule, out, 501, x, 1.0, prev_sample=x)
+        loss = ddpo_loss(gaussian_log_prob(x, step.mean, step.std), torch.zeros(1), torch.ones(1), 1e-4).loss
+    seconds = time.perf_counter() - began
+    del loss, out, step
+    parts = {"sd15_weights_bf16": weights / gib,
+             "imagereward_weights_bf16": sum(p.numel() for p in reward_model.parameters()) * 2 / gib,
+             "lora_weights_grads_adam_fp32": 4 * lora / gib, "saved_activations": sum(saved.values()) / gib}
+    return {"gradient_checkpointing": checkpointing, "gib": parts, "total_gib": sum(parts.values()),
+            "forward_seconds": seconds, "device": _device_name(device)}
+
+
 def print_table(rows: list[dict]) -> None:
     head = ("config", "samples", "sample s", "reward s", "train s", "epoch s", "TFLOP/epoch", "TFLOP/s", "util",
             "peak GiB", "avoided s")
@@ -269,10 +336,11 @@ def print_table(rows: list[dict]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", nargs="+", default=["tiny", "small"], choices=sorted(SETTINGS))
+    parser.add_argument("--configs", nargs="*", default=["tiny", "small"], choices=sorted(SETTINGS))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--epochs", type=int, default=2, help="measured epochs after the warm-up one")
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--memory-estimate", action="store_true", help="full SD1.5 batch-1 DDPO memory (see above)")
     parser.add_argument("--output", default=str(Path(__file__).with_name("results") / "rl.json"))
     args = parser.parse_args()
     rows = []
@@ -283,7 +351,13 @@ def main() -> int:
         rows.append(run_config(name, args.device, args.epochs, args.gradient_checkpointing))
         print_table(rows[-1:])
     print_table(rows)
-    write_json(args.output, {"torch": torch.__version__, "rows": rows})
+    memory = []
+    if args.memory_estimate:
+        for checkpointing in (False, True):
+            memory.append(memory_estimate(args.device, checkpointing))
+            parts = ", ".join(f"{k} {v:.2f}" for k, v in memory[-1]["gib"].items())
+            print(f"SD1.5 DDPO batch 1 + CFG, checkpointing {checkpointing}: {memory[-1]['total_gib']:.2f} GiB ({parts})")
+    write_json(args.output, {"torch": torch.__version__, "rows": rows, "memory_estimate": memory})
     print(f"wrote {args.output}")
     return 0
 
