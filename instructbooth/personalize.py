@@ -22,7 +22,6 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from .components import SDComponents
 from .encoding import latent_shape
@@ -31,7 +30,7 @@ from .lora import UNET_ATTENTION_TARGETS, TEXT_ATTENTION_TARGETS, LoraConfig, Lo
 from .lora import lora_disabled, lora_state_dict, load_lora_state, remove_lora, save_lora
 from .sampling import sample_images
 from .subject_data import Examples, ImageSource, cache_examples, caption_prompt, class_prompt, draw_batch
-from .subject_data import fill_prompt, fit_square, instance_prompt, load_subject_images
+from .subject_data import fill_prompt, fit_square, instance_prompt, load_subject_images, tensor_to_pil
 from .training import CheckpointStore, Precision, StepCallback, StepReport, config_mismatch, gradient_checkpointing
 from .training import capture_rng, notify, require_finite, restore_rng
 
@@ -265,7 +264,7 @@ def _train(components, params, config, parts, precision, store, callback, base_m
             done, preview = step + 1, None
             if config.validation_every and done % config.validation_every == 0:
                 validation.append(validate(components, config, done, precision))
-                preview = to_pil(validation[-1].images[0])
+                preview = tensor_to_pil(validation[-1].images[0])
             stop = notify(callback, StepReport(done, config.steps, losses[-1], preview))
             periodic = config.checkpoint_every and done % config.checkpoint_every == 0
             if store is not None and (stop or periodic or done == config.steps):
@@ -355,12 +354,6 @@ def save_result(result: PersonalizeResult, path: str | Path) -> Path:
     return path
 
 
-def to_pil(image: torch.Tensor) -> Image.Image:
-    """[3, H, W] in [0, 1] -> PIL RGB image."""
-    array = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(array)
-
-
 def check_config(config: PersonalizeConfig, components: SDComponents) -> None:
     """Raises ValueError naming the first setting that cannot work."""
     positive = {"steps": config.steps, "batch_size": config.batch_size, "learning_rate": config.learning_rate,
@@ -377,5 +370,9 @@ def check_config(config: PersonalizeConfig, components: SDComponents) -> None:
         raise ValueError(f"resolution must be a multiple of {factor} for this model, got {config.resolution}")
     if config.validation_every and not config.validation_prompts:
         raise ValueError("validation_every is set but validation_prompts is empty; give prompts or set it to 0")
+    for template in config.validation_prompts:  # template errors now, not mid-run
+        fill_prompt(template, config.identifier, config.class_noun, config.description)
+    if config.prior_preservation:
+        class_prompt(config.class_template, config.identifier, config.class_noun)
     if config.prior_preservation and config.num_class_images < 1:
         raise ValueError("prior preservation needs num_class_images >= 1 (or class images)")

@@ -109,6 +109,12 @@ def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     return _over_white(torch.from_numpy(rgba).permute(2, 0, 1).contiguous())
 
 
+def tensor_to_pil(image: torch.Tensor) -> Image.Image:
+    """[3, H, W] in [0, 1] -> PIL RGB image (8 bits)."""
+    array = (image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array)
+
+
 def tensor_to_bchw(tensor: torch.Tensor) -> torch.Tensor:
     """Images as BHWC (ComfyUI), BCHW, HWC or CHW with 1, 3 or 4 channels -> [B, 3, H, W] float32."""
     images = tensor.detach().to("cpu")

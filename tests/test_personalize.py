@@ -314,6 +314,8 @@ def test_bad_settings_are_errors():
         personalize(tiny_components(), images, small_config(mixed_precision="fp8"))
     with pytest.raises(ValueError, match="validation_prompts"):
         personalize(tiny_components(), images, small_config(validation_every=2))
+    with pytest.raises(SubjectDataError, match="unknown placeholders"):  # before training, not at step N
+        personalize(tiny_components(), images, small_config(validation_prompts=("{subject} on a beach",)))
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -124,19 +124,19 @@ def run(args: argparse.Namespace) -> int:
 def save_validation(result, folder: Path) -> None:
     """Validation images as `folder/step-<step>-<i>.png`."""
     from ..files import atomic_write
-    from ..personalize import to_pil
+    from ..subject_data import tensor_to_pil
 
     for batch in result.validation:
         for index, image in enumerate(batch.images):
             target = folder / f"step-{batch.step:06d}-{index}.png"
-            atomic_write(target, lambda p, im=image: to_pil(im).save(p, format="PNG"))
+            atomic_write(target, lambda p, im=image: tensor_to_pil(im).save(p, format="PNG"))
 
 
 def fill_class_folder(components, config, folder: Path) -> Path:
     """Generates the class images `folder` lacks (PNG, numbered) and returns the folder."""
     from ..files import atomic_write
-    from ..personalize import generate_class_images, to_pil
-    from ..subject_data import IMAGE_SUFFIXES, class_prompt
+    from ..personalize import generate_class_images
+    from ..subject_data import IMAGE_SUFFIXES, class_prompt, tensor_to_pil
 
     folder.mkdir(parents=True, exist_ok=True)
     have = len([p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES])
@@ -146,7 +146,7 @@ def fill_class_folder(components, config, folder: Path) -> Path:
         print(f"generating {missing} class images for {prompt!r} into {folder}", flush=True)
         images = generate_class_images(components, prompt, config, count=missing, first=have)
         for index, image in enumerate(images, start=have):
-            atomic_write(folder / f"class-{index:05d}.png", lambda p, im=image: to_pil(im).save(p, format="PNG"))
+            atomic_write(folder / f"class-{index:05d}.png", lambda p, im=image: tensor_to_pil(im).save(p, format="PNG"))
     return folder
 
 
