@@ -164,7 +164,8 @@ def test_build_pairs_stores_self_and_cross_pairs(tmp_path):
         assert pair.winner == best[mine] and pair.loser != best[mine] and pair.loser in best.values()
         assert pair.winner_score == records[mine]["scores"][records[mine]["best"]]
         stored = store.image(pair.winner)
-        assert float(colour_judge(stored[None], [pair.judge_prompt], [{}])) == pytest.approx(pair.winner_score, abs=1e-6)
+        rejudged = float(colour_judge(stored[None], [pair.judge_prompt], [{}]))
+        assert rejudged == pytest.approx(pair.winner_score, abs=1e-6)
     links = sum(len(r["cross"]) for r in records)
     assert links == 9 and result.counts["cross"] + result.counts["cross_dropped"] == 2 * links
     assert store.pairs(kinds=("cross",)) == [p for p in result.pairs if p.kind == "cross"]

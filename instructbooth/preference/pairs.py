@@ -63,7 +63,7 @@ class PairConfig:
     height: int = 512  # image height in pixels
     width: int = 512  # image width in pixels
     negative_prompt: str = ""
-    batch_size: int = 4  # images per sampling call (memory), results do not depend on it
+    batch_size: int = 4  # images per sampling call (memory); each image has its own noise seed
     min_margin: float = 0.25  # smallest reward difference that makes a pair (reward units; ImageReward's
     #                           are standardised: 1 = one standard deviation over typical images)
     self_pairs: bool = True  # keep each prompt's best-vs-worst pair
@@ -260,7 +260,8 @@ class PairStore:
         try:
             return json.loads(self.manifest_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
-            raise ValueError(f"{self.manifest_path} is not valid JSON ({error}); delete the folder to start over") from None
+            raise ValueError(f"{self.manifest_path} is not valid JSON ({error}); "
+                             "delete the folder to start over") from None
 
     def is_complete(self) -> bool:
         manifest = self.manifest()

@@ -1,0 +1,179 @@
+"""`instructbooth dpo`: build preference pairs with a judge, then train Diffusion-DPO on a LoRA.
+
+    instructbooth dpo --checkpoint sd15.safetensors --lora sks_plushie.safetensors \\
+        --reward imagereward:/models/ImageReward.pt --output sks_plushie_dpo.safetensors
+
+Pairs go to --pairs-dir (default: <output stem>_pairs/ beside the output) and training
+checkpoints to --checkpoint-dir; both resume after an interruption unless --no-resume.
+The output is ONE LoRA: the personalized one and the DPO-trained one merged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HELP = "Align with automatically built preference pairs (Diffusion-DPO)."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    files = parser.add_argument_group("files")
+    files.add_argument("--checkpoint", required=True, help="SD1.5 checkpoint (single file or diffusers folder)")
+    files.add_argument("--output", required=True, help="the LoRA file to write (.safetensors)")
+    files.add_argument("--lora", default=None, help="personalized LoRA to start from (its metadata names the subject)")
+    files.add_argument("--taxonomy", default=None, help="taxonomy JSON/YAML (default: the shipped one)")
+    files.add_argument("--pairs-dir", default=None, help="pair folder (default: <output stem>_pairs beside --output)")
+    files.add_argument("--checkpoint-dir", default=None, help="training checkpoints and metrics.json (default: none)")
+    files.add_argument("--no-resume", action="store_true", help="start pairs and training over instead of resuming")
+    files.add_argument("--pairs-only", action="store_true", help="build the pairs and stop")
+    files.add_argument("--reward", required=True,
+                       help="the judge, a reward spec: imagereward:/path/ImageReward.pt, brightness, "
+                            "target_color:1,0,0")
+    subject = parser.add_argument_group("subject (default: from the --lora metadata; none: the taxonomy's default)")
+    subject.add_argument("--identifier", default=None, help='rare token of the subject, e.g. "sks"')
+    subject.add_argument("--class-noun", default=None, help='class of the subject, e.g. "plushie"')
+    subject.add_argument("--description", default=None, help="detailed description of the subject")
+    settings = parser.add_argument_group("settings (see PairConfig and DPOConfig for all)")
+    settings.add_argument("--pair-config", default=None, help="PairConfig fields as a JSON file or inline JSON")
+    settings.add_argument("--dpo-config", default=None, help="DPOConfig fields as a JSON file or inline JSON")
+    settings.add_argument("--prompt-pairs", type=int, help="analogous prompt pairs drawn from the taxonomy")
+    settings.add_argument("--images-per-prompt", type=int, help="K images sampled per prompt")
+    settings.add_argument("--sample-steps", type=int, help="sampler steps per image")
+    settings.add_argument("--resolution", type=int, help="image side in pixels (pairs are square)")
+    settings.add_argument("--min-margin", type=float, help="smallest reward difference that makes a pair")
+    settings.add_argument("--cross-pairs", choices=("both", "each", "off"), help="cross-validation pair mode")
+    settings.add_argument("--kinds", default="self,cross", help="pair kinds to train on (default self,cross)")
+    settings.add_argument("--steps", type=int, help="DPO optimizer steps")
+    settings.add_argument("--beta", type=float, help="Diffusion-DPO beta (loss uses beta/2; 5000 for SD1.5)")
+    settings.add_argument("--learning-rate", type=float, help="AdamW learning rate")
+    settings.add_argument("--batch-size", type=int, help="pairs per optimizer step")
+    settings.add_argument("--rank", type=int, help="rank of the trained LoRA (alpha = rank)")
+    settings.add_argument("--seed", type=int, help="seed of pairs and training")
+    settings.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), help="16-bit frozen weights")
+    settings.add_argument("--gradient-checkpointing", action="store_true", help="less memory, slower")
+    settings.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps, or auto (cuda when present)")
+    settings.add_argument("--dtype", default="float32", help="weights dtype: float32, float16 or bfloat16")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..checkpoint import load_checkpoint
+    from ..lora import load_lora
+    from ..preference.dpo import DPOConfig, PairData, save_result, train_dpo
+    from ..preference.pairs import PairConfig, build_pairs
+    from ..preference.taxonomy import Taxonomy
+    from ..rewards import load_reward, parse_dtype
+    from ..training import NonFiniteLossError
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    dtype = parse_dtype(args.dtype)
+    pair_config, dpo_config = PairConfig.from_dict(pair_settings(args)), DPOConfig.from_dict(dpo_settings(args))
+    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+    taxonomy = Taxonomy.load(args.taxonomy) if args.taxonomy else Taxonomy.default()
+    output = Path(args.output)
+    pairs_dir = Path(args.pairs_dir) if args.pairs_dir else output.with_name(output.stem + "_pairs")
+
+    base_lora, base_meta = load_lora(args.lora) if args.lora else (None, None)
+    subject = make_subject(args, base_meta)
+    components = load_checkpoint(args.checkpoint, dtype=dtype, device=device)
+    judge = load_reward(args.reward, **reward_options(args.reward, device))
+    print(f"building pairs in {pairs_dir} ({pair_config.prompt_pairs} prompt pairs, "
+          f"{pair_config.images_per_prompt} images per prompt)", file=sys.stderr)
+    try:
+        built = build_pairs(components, judge, taxonomy, pairs_dir, pair_config, callback=_progress("prompt"),
+                            resume=not args.no_resume, base_lora=base_lora, subject=subject)
+        print(f"pairs: {json.dumps(built.counts)}", file=sys.stderr)
+        del judge
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        if args.pairs_only:
+            return 0
+        data = PairData.from_store(pairs_dir, kinds)
+        result = train_dpo(components, data, dpo_config, callback=_progress("step"),
+                           checkpoint_dir=args.checkpoint_dir, resume=not args.no_resume, base_lora=base_lora,
+                           subject=subject, base_model_hash=model_hash(args.checkpoint, base_meta))
+    except KeyboardInterrupt:
+        kept = f" and {args.checkpoint_dir}" if args.checkpoint_dir else ""
+        print(f"interrupted; rerun the same command to resume from {pairs_dir}{kept}")
+        return 130
+    except NonFiniteLossError as error:
+        print(f"instructbooth dpo: error: {error}", file=sys.stderr)
+        return 1
+    path = save_result(result, output)
+    first, last = result.evaluations[0], result.evaluations[-1]
+    print(f"wrote {path} ({result.steps_done} steps; implicit accuracy on the training pairs "
+          f"{first['implicit_accuracy']:.3f} -> {last['implicit_accuracy']:.3f})")
+    return 0
+
+
+def pair_settings(args: argparse.Namespace) -> dict:
+    settings = read_settings(args.pair_config, "--pair-config")
+    flags = {"prompt_pairs": args.prompt_pairs, "images_per_prompt": args.images_per_prompt,
+             "sample_steps": args.sample_steps, "min_margin": args.min_margin, "cross_pairs": args.cross_pairs,
+             "seed": args.seed, "height": args.resolution, "width": args.resolution}
+    return {**settings, **{k: v for k, v in flags.items() if v is not None}}
+
+
+def dpo_settings(args: argparse.Namespace) -> dict:
+    settings = read_settings(args.dpo_config, "--dpo-config")
+    flags = {"steps": args.steps, "beta": args.beta, "learning_rate": args.learning_rate,
+             "batch_size": args.batch_size, "lora_rank": args.rank, "lora_alpha": args.rank, "seed": args.seed,
+             "mixed_precision": args.mixed_precision, "gradient_checkpointing": args.gradient_checkpointing or None}
+    return {**settings, **{k: v for k, v in flags.items() if v is not None}}
+
+
+def read_settings(value: str | None, flag: str) -> dict:
+    """A JSON object from a file path or inline text; {} when not given."""
+    if not value:
+        return {}
+    text = Path(value).read_text(encoding="utf-8") if Path(value).is_file() else value
+    try:
+        settings = json.loads(text)
+    except json.JSONDecodeError:
+        raise ValueError(f"{flag} must be a JSON file or inline JSON object, got {value!r}") from None
+    if not isinstance(settings, dict):
+        raise ValueError(f"{flag} must hold a JSON object of settings, got {type(settings).__name__}")
+    return settings
+
+
+def make_subject(args: argparse.Namespace, metadata):
+    """The subject from the flags, else from the personalized LoRA's metadata; None without either."""
+    from ..prompts import Subject
+
+    identifier = args.identifier or (metadata.identifier if metadata else "")
+    class_noun = args.class_noun or (metadata.class_noun if metadata else "")
+    if not identifier and not class_noun:
+        return None
+    if not identifier or not class_noun:
+        raise ValueError("give both --identifier and --class-noun (the LoRA's metadata names only one of them)")
+    description = args.description if args.description is not None else (metadata.description if metadata else "")
+    return Subject(identifier, class_noun, description)
+
+
+def reward_options(spec: str, device: str) -> dict:
+    """ImageReward runs on the model's device; cheap rewards take no options."""
+    name = spec.split(":", 1)[0].strip().lower().replace("-", "_")
+    return {"device": device} if name in ("imagereward", "image_reward") else {}
+
+
+def model_hash(checkpoint: str, metadata) -> str:
+    """sha256 of the checkpoint file ("" for a folder), else what the personalized LoRA recorded."""
+    path = Path(checkpoint)
+    if path.is_file():
+        from ..checkpoint_files import file_sha256
+
+        return file_sha256(path)
+    return metadata.base_model_hash if metadata else ""
+
+
+def _progress(unit: str):
+    def report(info) -> bool:
+        loss = getattr(info, "loss", None)
+        extra = f" loss {loss:.4f}" if loss is not None else f" pairs {getattr(info, 'pairs', 0)}"
+        print(f"{unit} {info.step}/{info.total}{extra}", file=sys.stderr)
+        return True
+
+    return report

@@ -1,0 +1,445 @@
+"""`train_dpo`: Diffusion-DPO (Wallace et al. 2023) on a LoRA, from stored preference pairs.
+
+The personalized LoRA (if any) is merged into the weights and a fresh LoRA is injected
+into the UNet; with that LoRA switched off the model is exactly the starting model, the
+frozen reference of the DPO loss. Per step: draw a minibatch of pairs, noise winner and
+loser latents with the same noise at the same timestep, compute the model's and the
+reference's denoising errors and the loss of `dpo_loss.diffusion_dpo_loss`. The result
+is ONE LoRA file: the personalized LoRA and the trained one merged by rank concatenation,
+which ComfyUI's stock LoraLoader applies alone to the base checkpoint.
+
+Every random draw comes from one seeded CPU generator whose state goes into checkpoints,
+so a resumed CPU run ends with the same LoRA, bit for bit. Evaluations measure the
+implicit preference accuracy on the training pairs with fixed (timestep, noise) draws, so
+numbers are comparable across steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import torch
+
+from ..components import SDComponents
+from ..encoding import encode_images, latent_shape
+from ..files import write_json
+from ..lora import UNET_ATTENTION_TARGETS, LoraConfig, LoraMetadata, inject_lora, load_lora_state, lora_disabled
+from ..lora import lora_state_dict, merge_lora_states, remove_lora, save_lora
+from ..prompts import Subject
+from ..sampling import PromptEmbeddingCache
+from ..training import CheckpointStore, Precision, StepCallback, StepReport, capture_rng, config_mismatch
+from ..training import gradient_checkpointing, notify, require_finite, restore_rng
+from .dpo_loss import denoising_errors, diffusion_dpo_loss, implicit_accuracy
+from .pairs import KINDS, PairStore, PreferencePair, derive_seed, lora_merged
+
+State = dict[str, torch.Tensor]
+
+# Config fields a resumed run may change (everything else must match the checkpoint).
+RESUMABLE_CHANGES = ("steps", "checkpoint_every", "keep_checkpoints", "eval_every")
+
+
+@dataclass(frozen=True)
+class DPOConfig:
+    """Every setting of a Diffusion-DPO run; the defaults suit SD1.5 with LoRA on one GPU."""
+
+    beta: float = 5000.0  # Diffusion-DPO's beta: loss = -log sigmoid(-(beta / 2) * delta), errors averaged
+    #                       over pixels (see dpo_loss.py); larger = stay closer to the starting model
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 4  # pairs per step (each pair: 2 images through the UNet, with and without the LoRA)
+    learning_rate: float = 1e-5  # AdamW learning rate, constant after warm-up
+    warmup_steps: int = 0  # steps of linear learning-rate warm-up from 0
+    weight_decay: float = 1e-2  # AdamW decoupled weight decay
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    max_grad_norm: float | None = 1.0  # gradient-norm clipping per step; None: off
+    # --- LoRA (a new one, on top of the personalized LoRA)
+    lora_rank: int = 8  # rank of the trained LoRA
+    lora_alpha: float = 8.0  # its scale = alpha / rank
+    unet_targets: tuple[str, ...] = UNET_ATTENTION_TARGETS  # UNet layers that get the LoRA
+    # --- evaluation on the training pairs
+    eval_every: int = 100  # steps between implicit-accuracy evaluations (0: only before and after training)
+    eval_draws: int = 4  # fixed (timestep, noise) draws per pair; a pair's delta is averaged over them
+    eval_batch_size: int = 8  # pairs per evaluation forward pass
+    # --- precision, run control
+    mixed_precision: str = "no"  # "no", "fp16" or "bf16": frozen weights in 16 bits, LoRA in fp32
+    gradient_checkpointing: bool = False  # recompute UNet activations in backward (less memory, slower)
+    seed: int = 0  # seeds the LoRA init, the minibatches, noise, timesteps and evaluation draws
+    checkpoint_every: int = 100  # steps between checkpoints (needs a checkpoint folder); 0: only at the end
+    keep_checkpoints: int = 2  # newest checkpoints kept on disk
+
+    def __post_init__(self):
+        object.__setattr__(self, "unet_targets", tuple([self.unet_targets] if isinstance(self.unet_targets, str)
+                                                       else self.unet_targets))
+        object.__setattr__(self, "adam_betas", tuple(self.adam_betas))
+        problems = []
+        if self.beta <= 0:
+            problems.append(f"beta must be > 0, got {self.beta}")
+        if min(self.steps, self.batch_size, self.eval_draws, self.eval_batch_size, self.keep_checkpoints) < 1:
+            problems.append("steps, batch_size, eval_draws, eval_batch_size and keep_checkpoints must be >= 1")
+        if self.learning_rate <= 0:
+            problems.append(f"learning_rate must be > 0, got {self.learning_rate}")
+        if min(self.warmup_steps, self.eval_every, self.checkpoint_every) < 0:
+            problems.append("warmup_steps, eval_every and checkpoint_every must be >= 0")
+        if problems:
+            raise ValueError("invalid DPOConfig: " + "; ".join(problems))
+
+    def lora_config(self) -> LoraConfig:
+        return LoraConfig(rank=self.lora_rank, alpha=self.lora_alpha, unet_targets=self.unet_targets)
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, values: Mapping) -> "DPOConfig":
+        return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class PairData:
+    """Preference pairs as tensors: under prompts[i], winners[i] is preferred to losers[i]."""
+
+    prompts: list[str]  # [N] the text each pair's images are conditioned on
+    winners: torch.Tensor  # [N, 3, H, W] in [0, 1]
+    losers: torch.Tensor  # [N, 3, H, W] in [0, 1]
+    ids: list[str] = field(default_factory=list)  # [N] pair ids (for metrics and the fingerprint)
+    kinds: list[str] = field(default_factory=list)  # [N] "self" / "cross" (evaluations report each kind)
+
+    def __post_init__(self):
+        n = len(self.prompts)
+        if n == 0:
+            raise ValueError("no preference pairs to train on; build pairs first, or lower min_margin")
+        if self.winners.shape != self.losers.shape or self.winners.ndim != 4 or self.winners.shape[:2] != (n, 3):
+            raise ValueError(f"winners and losers must both be [N={n}, 3, H, W], got {tuple(self.winners.shape)} "
+                             f"and {tuple(self.losers.shape)}")
+        self.ids = list(self.ids) or [str(i) for i in range(n)]
+        self.kinds = list(self.kinds) or [""] * n
+        if len(self.ids) != n or len(self.kinds) != n:
+            raise ValueError(f"PairData needs one id and one kind per pair ({n}), "
+                             f"got {len(self.ids)} ids and {len(self.kinds)} kinds")
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    @classmethod
+    def from_store(cls, folder: str | Path, kinds: Sequence[str] = KINDS) -> "PairData":
+        """The pairs of a pair folder (see pairs.py), of the given kinds ("self", "cross")."""
+        store = PairStore(folder)
+        return cls.from_pairs(store, store.pairs(kinds))
+
+    @classmethod
+    def from_pairs(cls, store: PairStore, pairs: Sequence[PreferencePair]) -> "PairData":
+        if not pairs:
+            raise ValueError(f"{store.folder} holds no pairs of the chosen kinds; build more, lower min_margin, "
+                             "or include both kinds")
+        cache: dict[str, torch.Tensor] = {}
+
+        def image(name: str) -> torch.Tensor:
+            if name not in cache:
+                cache[name] = store.image(name)
+            return cache[name]
+
+        sizes = {tuple(image(name).shape) for p in pairs for name in (p.winner, p.loser)}
+        if len(sizes) != 1:
+            raise ValueError(f"pair images in {store.folder} have different sizes {sorted(sizes)}; use one size")
+        return cls([p.prompt for p in pairs], torch.stack([image(p.winner) for p in pairs]),
+                   torch.stack([image(p.loser) for p in pairs]), [p.id for p in pairs], [p.kind for p in pairs])
+
+    def fingerprint(self) -> str:
+        """sha256 of the ids, prompts and pixels (to refuse resuming on other pairs)."""
+        digest = hashlib.sha256(json.dumps([self.ids, self.prompts]).encode())
+        for images in (self.winners, self.losers):
+            digest.update((images.float().clamp(0, 1) * 255).round().to(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
+
+@dataclass
+class DPOResult:
+    lora_state: State  # ONE LoRA (kohya keys, float32 CPU): personalized + DPO-trained, for ComfyUI's LoraLoader
+    trained_state: State  # the DPO-trained LoRA alone
+    metadata: LoraMetadata  # for `save_lora(path, result.lora_state, result.metadata)`
+    loss_history: list[float]  # loss of every optimizer step
+    history: list[dict]  # per step: {"step", "loss", "accuracy", "reward_margin"} on its minibatch
+    evaluations: list[dict]  # implicit accuracy on the training pairs, step 0 (before training) first
+    steps_done: int
+    stopped: bool = False  # the callback stopped the run before config.steps
+    last_checkpoint: Path | None = None
+
+
+@dataclass
+class _Context:
+    components: SDComponents
+    config: DPOConfig
+    params: list[torch.nn.Parameter]
+    precision: Precision
+    winners: torch.Tensor  # [N, C, h, w] latents on the device
+    losers: torch.Tensor
+    embeds: torch.Tensor  # [N, L, D] prompt embeddings on the device
+    kinds: list[str]  # [N] pair kinds
+
+
+# --- the trainer --------------------------------------------------------------------------------
+
+
+def train_dpo(
+    components: SDComponents,
+    data: PairData | str | Path,
+    config: DPOConfig = DPOConfig(),
+    callback: StepCallback | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = True,
+    base_lora: Mapping[str, torch.Tensor] | None = None,
+    *,
+    subject: Subject | None = None,
+    base_model_hash: str = "",
+) -> DPOResult:
+    """Trains a LoRA with Diffusion-DPO on `data`: PairData, or a pair folder made by
+    `pairs.build_pairs` (all its pairs; `PairData.from_store(folder, kinds)` picks kinds).
+
+    `base_lora` is the personalized LoRA the pairs were made with: the starting model and
+    frozen reference. `callback(StepReport)` runs after every step; returning False (or
+    raising StopTraining) stops with a partial result (`stopped=True`). With a
+    `checkpoint_dir`, checkpoints are written every `config.checkpoint_every` steps, on
+    stop and at the end, with `metrics.json` beside them; `resume=True` continues from the
+    newest one, `resume=False` deletes them and starts over. `subject` and
+    `base_model_hash` go into the LoRA's metadata. The components come back as they were,
+    except that with mixed precision their frozen weights stay in 16 bits.
+    """
+    if not isinstance(data, PairData):
+        data = PairData.from_store(data)
+    check_data(components, data)
+    store = CheckpointStore(checkpoint_dir, config.keep_checkpoints) if checkpoint_dir is not None else None
+    if store is not None and not resume:
+        store.clear()
+    base = {k: v.detach().to("cpu", torch.float32) for k, v in base_lora.items()} if base_lora else None
+    with torch.inference_mode(False), torch.enable_grad():
+        modes = [(m, m.training) for m in components.modules()]
+        for module in components.modules():
+            module.eval()  # SD1.5 has no dropout; eval keeps model and reference passes comparable
+        try:
+            with _trainable_lora(components, config, base) as params:
+                precision = Precision.create(config.mixed_precision, components.device)
+                precision.cast_frozen(components.modules(), params)
+                ctx = _prepare(components, config, params, precision, data)
+                with gradient_checkpointing([components.unet], config.gradient_checkpointing):
+                    return _train(ctx, data, base, store, callback, checkpoint_dir, subject, base_model_hash)
+        finally:
+            for module, training in modes:
+                module.train(training)
+
+
+@contextlib.contextmanager
+def _trainable_lora(components: SDComponents, config: DPOConfig, base: State | None) -> Iterator[list]:
+    """The personalized LoRA merged and a new trainable LoRA injected; both undone after."""
+    with lora_merged(components, base):
+        params = inject_lora(components, config.lora_config(), seed=config.seed)
+        try:
+            yield params
+        finally:
+            remove_lora(components)
+
+
+def _prepare(components, config, params, precision, data: PairData) -> _Context:
+    """Encodes the pair images (VAE posterior samples, seeded) and the prompts once."""
+    generator = torch.Generator().manual_seed(derive_seed(config.seed, "encode"))
+    chunk = config.eval_batch_size
+    with torch.no_grad(), precision.autocast():
+        latents = [torch.cat([encode_images(components, images[i : i + chunk].float(), generator=generator).float()
+                              for i in range(0, len(images), chunk)]) for images in (data.winners, data.losers)]
+        embeds = PromptEmbeddingCache(components)(data.prompts).float()
+    return _Context(components, config, params, precision, latents[0], latents[1], embeds.to(components.device),
+                    list(data.kinds))
+
+
+def _train(ctx: _Context, data, base, store, callback, metrics_dir, subject, base_model_hash) -> DPOResult:
+    config = ctx.config
+    optimizer = torch.optim.AdamW(ctx.params, lr=config.learning_rate, betas=config.adam_betas,
+                                  eps=config.adam_eps, weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(config.seed)
+    fingerprints = {"pairs": data.fingerprint(), "base_lora": _state_fingerprint(base)}
+    history, evaluations = [], []
+    saved = store.load() if store is not None else None
+    if saved is not None:
+        history, evaluations = _restore(ctx, saved, optimizer, generator, fingerprints)
+    start = history[-1]["step"] if history else 0
+    last = store.latest() if store is not None else None
+    if not evaluations:
+        evaluations.append(evaluate(ctx, 0))
+
+    def result(stopped: bool) -> DPOResult:
+        trained = lora_state_dict(ctx.components)
+        one_file = merge_lora_states(base, trained) if base else trained
+        done = history[-1]["step"] if history else 0
+        metadata = _metadata(config, subject, base_model_hash, done, len(data), fingerprints["pairs"])
+        return DPOResult(one_file, trained, metadata, [h["loss"] for h in history], history, evaluations, done,
+                         stopped, last)
+
+    for step in range(start, config.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate_at(step, config)
+        history.append(train_step(ctx, optimizer, generator, step + 1, store))
+        done = step + 1
+        if (config.eval_every and done % config.eval_every == 0) or done == config.steps:
+            evaluations.append(evaluate(ctx, done))
+        stop = notify(callback, StepReport(done, config.steps, history[-1]["loss"]))
+        periodic = config.checkpoint_every and done % config.checkpoint_every == 0
+        if store is not None and (stop or periodic or done == config.steps):
+            state = _checkpoint(ctx, optimizer, generator, history, evaluations, fingerprints)
+            last = store.save(done, state)
+            write_json(Path(metrics_dir) / "metrics.json", {"steps": history, "evaluations": evaluations})
+        if stop:
+            return result(stopped=done < config.steps)
+    return result(stopped=False)
+
+
+def learning_rate_at(step: int, config: DPOConfig) -> float:
+    """Linear warm-up over `warmup_steps`, then constant (step is 0-based)."""
+    if config.warmup_steps and step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    return config.learning_rate
+
+
+def train_step(ctx: _Context, optimizer, generator: torch.Generator, step: int, store) -> dict:
+    """One optimizer step on a random minibatch of pairs; returns its statistics."""
+    config, count = ctx.config, len(ctx.winners)
+    rows = torch.randperm(count, generator=generator)[: min(config.batch_size, count)]
+    noise = torch.randn((len(rows), *ctx.winners.shape[1:]), generator=generator)
+    timesteps = torch.randint(0, ctx.components.scheduler.config.num_train_timesteps, (len(rows),), generator=generator)
+    errors = pair_errors(ctx, rows, noise, timesteps, with_grad=True)
+    out = diffusion_dpo_loss(*errors, beta=config.beta)
+    value = require_finite(out.loss, step, store)
+    optimizer.zero_grad(set_to_none=True)
+    ctx.precision.backward(out.loss)
+    norm = ctx.precision.step(optimizer, ctx.params, config.max_grad_norm)
+    if ctx.precision.scaler is None and norm is not None:
+        require_finite(norm, step, store, what="gradient norm")
+    return {"step": step, "loss": value, "accuracy": float(out.implicit_accuracy),
+            "reward_margin": float(out.reward_margin)}
+
+
+def pair_errors(ctx: _Context, rows: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
+                with_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(model e_w, model e_l, reference e_w, reference e_l), each [m], for the pairs at `rows`:
+    winner and loser noised with the same `noise` [m, C, h, w] at the same `timesteps` [m]."""
+    device, scheduler = ctx.components.device, ctx.components.scheduler
+    rows = rows.to(device)
+    noise, timesteps = noise.to(device), timesteps.to(device)
+    clean = torch.cat([ctx.winners[rows], ctx.losers[rows]])  # [2m, C, h, w]
+    noise2, t2 = torch.cat([noise, noise]), torch.cat([timesteps, timesteps])
+    inputs = scheduler.add_noise(clean, noise2, t2)
+    target = denoising_target(scheduler, clean, noise2, t2)
+    embeds = ctx.embeds[rows].repeat(2, 1, 1)
+    unet, m = ctx.components.unet, len(rows)
+    with torch.set_grad_enabled(with_grad), ctx.precision.autocast():
+        model = denoising_errors(unet(inputs, t2, encoder_hidden_states=embeds).sample, target)
+    with torch.no_grad(), lora_disabled(ctx.components), ctx.precision.autocast():
+        reference = denoising_errors(unet(inputs, t2, encoder_hidden_states=embeds).sample, target)
+    return model[:m], model[m:], reference[:m], reference[m:]
+
+
+def denoising_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet predicts: the noise (SD1.5) or the velocity (v-prediction models)."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    raise ValueError(f"prediction type {kind!r} is not supported; use an epsilon or v-prediction model")
+
+
+@torch.no_grad()
+def evaluate(ctx: _Context, step: int) -> dict:
+    """Implicit preference accuracy on the training pairs with fixed draws.
+
+    Each pair gets `eval_draws` (timestep, noise) draws, the same at every evaluation;
+    its delta is averaged over them. "implicit_accuracy": share of pairs with mean delta
+    < 0 (0.5 before training: the model is the reference); "model_accuracy": share whose
+    own mean error is lower on the winner than on the loser (reference-free);
+    "reference_accuracy": the same for the reference (a constant of the pairs);
+    "by_kind": the implicit accuracy of each pair kind ("self", "cross")."""
+    config, count = ctx.config, len(ctx.winners)
+    generator = torch.Generator().manual_seed(derive_seed(config.seed, "evaluate"))
+    steps = ctx.components.scheduler.config.num_train_timesteps
+    totals = torch.zeros(4, count, dtype=torch.float64)  # model w, model l, ref w, ref l
+    for _ in range(config.eval_draws):
+        noise = torch.randn(ctx.winners.shape, generator=generator)
+        timesteps = torch.randint(0, steps, (count,), generator=generator)
+        for start in range(0, count, config.eval_batch_size):
+            rows = torch.arange(start, min(start + config.eval_batch_size, count))
+            errors = pair_errors(ctx, rows, noise[rows], timesteps[rows], with_grad=False)
+            totals[:, rows] += torch.stack([e.double().cpu() for e in errors])
+    model_w, model_l, ref_w, ref_l = totals / config.eval_draws
+    out = diffusion_dpo_loss(model_w, model_l, ref_w, ref_l, config.beta)
+    by_kind = {kind: float(implicit_accuracy(out.delta[torch.tensor([k == kind for k in ctx.kinds])]))
+               for kind in dict.fromkeys(ctx.kinds) if kind}
+    return {"step": step, "implicit_accuracy": float(out.implicit_accuracy), "by_kind": by_kind,
+            "model_accuracy": float(implicit_accuracy(model_w - model_l)),
+            "reference_accuracy": float(implicit_accuracy(ref_w - ref_l)),
+            "loss": float(out.loss), "reward_margin": float(out.reward_margin), "mean_delta": float(out.delta.mean())}
+
+
+# --- checkpoints, metadata, files ---------------------------------------------------------------
+
+
+def _checkpoint(ctx: _Context, optimizer, generator, history, evaluations, fingerprints) -> dict:
+    return {"trainable": lora_state_dict(ctx.components), "optimizer": optimizer.state_dict(),
+            "rng": capture_rng({"train": generator}), "scaler": ctx.precision.state_dict(),
+            "history": json.dumps(history), "evaluations": json.dumps(evaluations),
+            "config": json.dumps(ctx.config.to_dict()), **fingerprints}
+
+
+def _restore(ctx: _Context, saved: dict, optimizer, generator, fingerprints) -> tuple[list, list]:
+    differ = config_mismatch(json.loads(saved["config"]), ctx.config.to_dict(), RESUMABLE_CHANGES)
+    changed = [name for name in ("pairs", "base_lora") if saved.get(name) != fingerprints[name]]
+    differ += [f"the {name.replace('_', ' ')}" for name in changed]
+    if differ:
+        raise ValueError(f"the DPO checkpoint at step {saved['step']} was made with different settings "
+                         f"({', '.join(differ)}); use the same settings, another folder, or resume=False")
+    load_lora_state(ctx.components, saved["trainable"])
+    optimizer.load_state_dict(saved["optimizer"])
+    ctx.precision.load_state_dict(saved["scaler"])
+    restore_rng({"train": generator}, saved["rng"])
+    return json.loads(saved["history"]), json.loads(saved["evaluations"])
+
+
+def _state_fingerprint(state: Mapping[str, torch.Tensor] | None) -> str:
+    if not state:
+        return ""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        digest.update(key.encode())
+        digest.update(state[key].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _metadata(config: DPOConfig, subject: Subject | None, base_model_hash: str, steps_done: int, pairs: int,
+              fingerprint: str) -> LoraMetadata:
+    training = {"dpo": config.to_dict(), "steps_done": steps_done, "pairs": pairs, "pairs_fingerprint": fingerprint}
+    if subject is None:
+        return LoraMetadata(base_model_hash=base_model_hash, method="dpo", training_config=training)
+    return LoraMetadata(trigger_phrase=subject.trigger_phrase, identifier=subject.identifier,
+                        class_noun=subject.class_noun, description=subject.description,
+                        base_model_hash=base_model_hash, method="dpo", training_config=training)
+
+
+def save_result(result: DPOResult, path: str | Path) -> Path:
+    """Writes the one-file LoRA (safetensors with metadata) and `<name>.metrics.json` beside it."""
+    path = save_lora(path, result.lora_state, result.metadata)
+    write_json(path.with_suffix(".metrics.json"), {"steps_done": result.steps_done, "stopped": result.stopped,
+                                                  "evaluations": result.evaluations, "steps": result.history})
+    return path
+
+
+def check_data(components: SDComponents, data: PairData) -> None:
+    """Raises ValueError when the pair images cannot go through this model."""
+    height, width = data.winners.shape[-2:]
+    _, latent_height, _ = latent_shape(components, height, width)
+    unet_factor = 2 ** (len(components.unet.config.block_out_channels) - 1)
+    step = max(height // max(latent_height, 1), 1) * unet_factor  # pixels per UNet cell at the coarsest level
+    if height % step or width % step:
+        raise ValueError(f"pair images are {height}x{width} pixels; this model needs sides that are multiples "
+                         f"of {step}; make the pairs at such a size")
