@@ -180,6 +180,7 @@ class _Context:
     losers: torch.Tensor
     embeds: torch.Tensor  # [N, L, D] prompt embeddings on the device
     kinds: list[str]  # [N] pair kinds
+    eval_reference: torch.Tensor | None = None  # [2, N] the reference's evaluation errors (fixed draws: computed once)
 
 
 # --- the trainer --------------------------------------------------------------------------------
@@ -322,9 +323,10 @@ def train_step(ctx: _Context, optimizer, generator: torch.Generator, step: int, 
 
 
 def pair_errors(ctx: _Context, rows: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
-                with_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                with_grad: bool, reference: bool = True) -> tuple[torch.Tensor, ...]:
     """(model e_w, model e_l, reference e_w, reference e_l), each [m], for the pairs at `rows`:
-    winner and loser noised with the same `noise` [m, C, h, w] at the same `timesteps` [m]."""
+    winner and loser noised with the same `noise` [m, C, h, w] at the same `timesteps` [m].
+    `reference=False` skips the reference pass and returns only the model's two."""
     device, scheduler = ctx.components.device, ctx.components.scheduler
     rows = rows.to(device)
     noise, timesteps = noise.to(device), timesteps.to(device)
@@ -336,9 +338,11 @@ def pair_errors(ctx: _Context, rows: torch.Tensor, noise: torch.Tensor, timestep
     unet, m = ctx.components.unet, len(rows)
     with torch.set_grad_enabled(with_grad), ctx.precision.autocast():
         model = denoising_errors(unet(inputs, t2, encoder_hidden_states=embeds).sample, target)
+    if not reference:
+        return model[:m], model[m:]
     with torch.no_grad(), lora_disabled(ctx.components), ctx.precision.autocast():
-        reference = denoising_errors(unet(inputs, t2, encoder_hidden_states=embeds).sample, target)
-    return model[:m], model[m:], reference[:m], reference[m:]
+        frozen = denoising_errors(unet(inputs, t2, encoder_hidden_states=embeds).sample, target)
+    return model[:m], model[m:], frozen[:m], frozen[m:]
 
 
 def denoising_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -360,19 +364,25 @@ def evaluate(ctx: _Context, step: int) -> dict:
     < 0 (0.5 before training: the model is the reference); "model_accuracy": share whose
     own mean error is lower on the winner than on the loser (reference-free);
     "reference_accuracy": the same for the reference (a constant of the pairs);
-    "by_kind": the implicit accuracy of each pair kind ("self", "cross")."""
+    "by_kind": the implicit accuracy of each pair kind ("self", "cross"); "loss": the DPO
+    loss of the draw-averaged errors. The reference's errors are computed once per run."""
     config, count = ctx.config, len(ctx.winners)
     generator = torch.Generator().manual_seed(derive_seed(config.seed, "evaluate"))
     steps = ctx.components.scheduler.config.num_train_timesteps
-    totals = torch.zeros(4, count, dtype=torch.float64)  # model w, model l, ref w, ref l
+    need_reference = ctx.eval_reference is None
+    totals = torch.zeros(4 if need_reference else 2, count, dtype=torch.float64)  # model w, l (, reference w, l)
     for _ in range(config.eval_draws):
         noise = torch.randn(ctx.winners.shape, generator=generator)
         timesteps = torch.randint(0, steps, (count,), generator=generator)
         for start in range(0, count, config.eval_batch_size):
             rows = torch.arange(start, min(start + config.eval_batch_size, count))
-            errors = pair_errors(ctx, rows, noise[rows], timesteps[rows], with_grad=False)
+            errors = pair_errors(ctx, rows, noise[rows], timesteps[rows], with_grad=False, reference=need_reference)
             totals[:, rows] += torch.stack([e.double().cpu() for e in errors])
-    model_w, model_l, ref_w, ref_l = totals / config.eval_draws
+    totals /= config.eval_draws
+    if need_reference:
+        ctx.eval_reference = totals[2:].clone()
+    model_w, model_l = totals[:2]
+    ref_w, ref_l = ctx.eval_reference
     out = diffusion_dpo_loss(model_w, model_l, ref_w, ref_l, config.beta)
     by_kind = {kind: float(implicit_accuracy(out.delta[torch.tensor([k == kind for k in ctx.kinds])]))
                for kind in dict.fromkeys(ctx.kinds) if kind}
