@@ -30,10 +30,12 @@ from . import bridge  # noqa: E402
 def node_classes() -> list[type[io.ComfyNode]]:
     from .lora_loader import LoadInstructBoothLoRA
     from .personalize_node import Personalize
+    from .preference_nodes import DPOAlign, PreferencePairs
     from .reward_nodes import ImageRewardBestOfN, ImageRewardLoader, ImageRewardScore
     from .rl_node import RLFineTune
 
-    return [Personalize, ImageRewardLoader, ImageRewardScore, ImageRewardBestOfN, RLFineTune, LoadInstructBoothLoRA]
+    return [Personalize, ImageRewardLoader, ImageRewardScore, ImageRewardBestOfN, RLFineTune, PreferencePairs, DPOAlign,
+            LoadInstructBoothLoRA]
 
 
 class InstructBoothExtension(ComfyExtension):

@@ -91,8 +91,12 @@ def safe_relative_name(name: str, folder_name: str) -> Path:
     return relative
 
 
-def name_problem(folder_name: str, name: str, must_exist: bool) -> str | None:
-    """Why a file name typed for `folder_name` cannot be used (for validate_inputs), else None."""
+def name_problem(folder_name: str, name: str | None, must_exist: bool) -> str | None:
+    """Why a file name typed for `folder_name` cannot be used (for validate_inputs), else None.
+
+    None (an input linked from another node, unknown at validation) is checked when the node runs."""
+    if name is None:
+        return None
     try:
         if must_exist:
             input_path_in_folder(folder_name, name)

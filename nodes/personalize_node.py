@@ -91,8 +91,7 @@ class Personalize(io.ComfyNode):
                 check_identifier(identifier)
             except SubjectDataError as error:
                 return str(error)
-        problem = bridge.name_problem("loras", lora_name, must_exist=False) if lora_name is not None else None
-        return problem or True
+        return bridge.name_problem("loras", lora_name, must_exist=False) or True
 
     @classmethod
     def execute(cls, **inputs) -> io.NodeOutput:

@@ -37,7 +37,7 @@ class ImageRewardLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, reward_file) -> bool | str:
-        return _weights_problem(reward_file) or True
+        return True if reward_file is None else _weights_problem(reward_file) or True  # None: a linked input
 
     @classmethod
     def execute(cls, reward_file, dtype) -> io.NodeOutput:

@@ -106,8 +106,7 @@ class RLFineTune(io.ComfyNode):
                 prompt_templates(prompts)
             except ValueError as error:
                 problems.append(str(error))
-        if lora_name is not None:
-            problems.append(bridge.name_problem("loras", lora_name, must_exist=False))
+        problems.append(bridge.name_problem("loras", lora_name, must_exist=False))
         if identifier is not None and not identifier.strip():
             problems.append("identifier is empty; use the one the subject LoRA was trained with, e.g. 'sks'")
         return "; ".join(p for p in problems if p) or True

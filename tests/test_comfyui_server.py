@@ -26,7 +26,8 @@ from nodes_harness import loaded_pack, schema_info
 from workflow_graphs import CORE_SNAPSHOT, WORKFLOWS, api_path, input_names, input_spec, load_json
 
 NODE_IDS = ["InstructBoothPersonalize", "InstructBoothImageRewardLoader", "InstructBoothImageRewardScore",
-            "InstructBoothBestOfN", "InstructBoothRLFineTune", "InstructBoothLoadLoRA"]
+            "InstructBoothBestOfN", "InstructBoothRLFineTune", "InstructBoothPreferencePairs", "InstructBoothDPO",
+            "InstructBoothLoadLoRA"]
 CHECKPOINT, REWARD, CONTROLNET = "sd15_small.safetensors", "tiny.safetensors", "tiny_controlnet.safetensors"
 SUBJECT = "instructbooth_subject"
 TINY_PERSONALIZE = dict(steps=3, resolution=64, mixed_precision="no", gradient_checkpointing=False, preview_every=0,

@@ -12,7 +12,8 @@ import torch
 from nodes_harness import loaded_pack, pack_module, reset_records, schema_info, standin
 
 NODE_IDS = ["InstructBoothPersonalize", "InstructBoothImageRewardLoader", "InstructBoothImageRewardScore",
-            "InstructBoothBestOfN", "InstructBoothRLFineTune", "InstructBoothLoadLoRA"]
+            "InstructBoothBestOfN", "InstructBoothRLFineTune", "InstructBoothPreferencePairs", "InstructBoothDPO",
+            "InstructBoothLoadLoRA"]
 
 
 @pytest.fixture(scope="module")

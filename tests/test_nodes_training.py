@@ -252,3 +252,47 @@ def test_rwr_with_subject_images_trains(comfy_inputs, scorer, personalized, phot
     outputs = run_rl(*comfy_inputs, scorer, personalized[0][2], method="rwr", prior_weight=1.0, epochs=1,
                      lora_name="ib/rwr", subject_images=photos[0][:, :32, :32])
     assert lora_file("ib/rwr")[1].method == "rwr" and len(outputs[3]["loss"]) == 1
+
+
+# --- Preference pairs and DPO ------------------------------------------------------------------------------
+
+
+def run_pairs(model, clip, vae, scorer, lora, **changes):
+    settings = dict(identifier="sks", class_noun="plushie", prompt_pairs=2, images_per_prompt=2, sample_steps=2,
+                    guidance=2.0, resolution=32, min_margin=0.0, cross_pairs="each", seed=0, name="ib_pairs")
+    settings.update(changes)
+    node = pack_module("nodes.preference_nodes").PreferencePairs
+    with torch.inference_mode():
+        return node.execute(model=model, clip=clip, vae=vae, image_reward=scorer, lora=lora, **settings).args
+
+
+def run_dpo(model, clip, vae, pairs, lora, **changes):
+    settings = dict(beta=1000.0, steps=2, batch_size=2, learning_rate=1e-4, lora_rank=2, mixed_precision="no",
+                    gradient_checkpointing=False, seed=0, checkpoint_every=0, lora_name="ib/dpo")
+    settings.update(changes)
+    node = pack_module("nodes.preference_nodes").DPOAlign
+    with torch.inference_mode():
+        return node.execute(model=model, clip=clip, vae=vae, pairs=pairs, lora=lora, **settings).args
+
+
+def test_preference_pairs_then_dpo_make_one_lora(comfy_inputs, scorer, personalized):
+    base_lora = personalized[0][2]
+    pairs, examples, summary = run_pairs(*comfy_inputs, scorer, base_lora)
+    assert pairs["count"] >= 2 and summary.startswith(f"{pairs['count']} pairs")
+    assert examples.shape[0] == 1 and examples.shape[-1] == 3 and examples.shape[2] == 64  # winner | loser, 32 px each
+    progress = standin("comfy.utils").PROGRESS_LOG
+    assert progress and progress[-1][0] == progress[-1][1]  # one update per prompt, to the end
+
+    reset_records()
+    assert run_pairs(*comfy_inputs, scorer, base_lora)[0] == pairs  # finished pairs are reused
+    assert standin("comfy.utils").PROGRESS_LOG == []
+
+    model, clip, lora, loss_map, accuracy = run_dpo(*comfy_inputs, pairs, base_lora)
+    assert len(loss_map["loss"]) == 2 and accuracy.startswith("implicit preference accuracy step 0:")
+    saved, metadata = lora_file("ib/dpo")
+    assert metadata.method == "dpo" and metadata.trigger_phrase == "sks plushie"
+    down = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight"
+    assert saved[down].shape[0] == base_lora[down].shape[0] + 2 and model.patches
+
+    with pytest.raises(pack_module("nodes.bridge").NodeInputError, match="same subject LoRA"):
+        run_dpo(*comfy_inputs, pairs, None, lora_name="ib/dpo_other")
