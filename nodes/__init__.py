@@ -24,7 +24,7 @@ def _expose_library_name() -> None:
 
 _expose_library_name()
 
-from . import bridge  # noqa: E402
+from . import bridge  # noqa: E402  (after the library name is set up)
 
 
 def node_classes() -> list[type[io.ComfyNode]]:

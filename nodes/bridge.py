@@ -14,12 +14,11 @@ import logging
 from pathlib import Path
 from typing import Iterator
 
-import torch
-
 import comfy.model_management
 import comfy.sd
 import comfy.utils
 import folder_paths
+import torch
 
 from ..instructbooth.ldm_architecture import ArchitectureHints
 

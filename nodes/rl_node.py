@@ -6,8 +6,14 @@ from comfy_api.latest import io
 
 from ..instructbooth.checkpoint import components_from_ldm
 from ..instructbooth.lora import load_lora, save_lora
-from ..instructbooth.prompts import PLACEHOLDER, RLPrompts, Subject, load_prompt_set, parse_prompt_lines
-from ..instructbooth.prompts import shipped_prompt_sets
+from ..instructbooth.prompts import (
+    PLACEHOLDER,
+    RLPrompts,
+    Subject,
+    load_prompt_set,
+    parse_prompt_lines,
+    shipped_prompt_sets,
+)
 from ..instructbooth.rl.config import RLConfig
 from ..instructbooth.rl.metrics import draw_reward_curve
 from ..instructbooth.rl.policy import state_fingerprint

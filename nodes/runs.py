@@ -15,9 +15,8 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-import torch
-
 import folder_paths
+import torch
 
 RUNS_FOLDER = "instructbooth"
 RESULT_FILE = "result.safetensors"

@@ -18,10 +18,9 @@ import subprocess
 import time
 from pathlib import Path
 
+import comfyui_server
 import pytest
 import torch
-
-import comfyui_server
 from nodes_harness import loaded_pack, schema_info
 from workflow_graphs import CORE_SNAPSHOT, WORKFLOWS, api_path, input_names, input_spec, load_json
 

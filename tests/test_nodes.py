@@ -8,7 +8,6 @@ import shutil
 
 import pytest
 import torch
-
 from nodes_harness import loaded_pack, pack_module, reset_records, schema_info, standin
 
 NODE_IDS = ["InstructBoothPersonalize", "InstructBoothImageRewardLoader", "InstructBoothImageRewardScore",

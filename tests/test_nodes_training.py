@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from nodes_harness import loaded_pack, pack_module, reset_records, standin
 
 PROMPTS = "{id} riding a bicycle\n{id} reading a book"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from nodes_harness import loaded_pack, schema_info
 from workflow_graphs import (
     CORE_SNAPSHOT,
