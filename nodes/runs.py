@@ -62,11 +62,18 @@ def without(settings: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, An
 
 
 class RunFolder:
-    """Where one keyed run keeps its checkpoints and its finished result."""
+    """Where one keyed run keeps its checkpoints and its finished result.
+
+    The folder is named after the output name, but a run with the same key under another
+    name (the user only renamed the LoRA) is found and reused or resumed, not repeated."""
 
     def __init__(self, kind: str, name: str, key: str):
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name.strip()).strip("._") or "run"
-        self.path = Path(folder_paths.get_output_directory()) / RUNS_FOLDER / f"{kind}-{slug}-{key}"
+        root = Path(folder_paths.get_output_directory()) / RUNS_FOLDER
+        self.path = root / f"{kind}-{slug}-{key}"
+        if not self.path.exists():
+            same_key = sorted(root.glob(f"{kind}-*-{key}"), key=lambda p: (not (p / RESULT_FILE).is_file(), p.name))
+            self.path = same_key[0] if same_key else self.path
 
     @property
     def result_path(self) -> Path:

@@ -158,7 +158,22 @@ def test_changed_images_or_settings_train_a_new_run(personalized, comfy_inputs, 
     assert standin("comfy.utils").PROGRESS_LOG == [(1, 1, False)]
 
 
-def test_cancel_keeps_a_checkpoint_and_the_rerun_resumes_to_the_same_lora(comfy_inputs, photos):
+@pytest.fixture
+def fresh_output(tmp_path, monkeypatch):
+    """Another ComfyUI output folder: a run there cannot find the runs made so far."""
+    import folder_paths
+
+    monkeypatch.setattr(folder_paths, "get_output_directory", lambda: str(tmp_path))
+
+
+def test_a_renamed_output_reuses_the_run_under_the_old_name(personalized, comfy_inputs, photos):
+    run_personalize(personalize_inputs(*comfy_inputs, photos, lora_name="ib/renamed"))
+    assert standin("comfy.utils").PROGRESS_LOG == []
+    renamed, first = lora_file("ib/renamed")[0], personalized[0][2]
+    assert all(torch.equal(renamed[k], first[k]) for k in first)
+
+
+def test_cancel_keeps_a_checkpoint_and_the_rerun_resumes_to_the_same_lora(comfy_inputs, photos, request):
     utils, management = standin("comfy.utils"), standin("comfy.model_management")
     utils.CANCEL_AT = 3
     with pytest.raises(management.InterruptProcessingException):
@@ -171,7 +186,9 @@ def test_cancel_keeps_a_checkpoint_and_the_rerun_resumes_to_the_same_lora(comfy_
     reset_records()
     resumed = run_personalize(personalize_inputs(*comfy_inputs, photos, steps=5, seed=7, lora_name="ib/cancel"))
     assert utils.PROGRESS_LOG == [(4, 5, False), (5, 5, False)]
+    request.getfixturevalue("fresh_output")  # the uninterrupted run must not find the resumed one
     straight = run_personalize(personalize_inputs(*comfy_inputs, photos, steps=5, seed=7, lora_name="ib/straight"))
+    assert utils.PROGRESS_LOG[-1] == (5, 5, False) and len(utils.PROGRESS_LOG) == 2 + 5
     assert all(torch.equal(resumed[2][k], straight[2][k]) for k in straight[2])
     assert resumed[3] == straight[3]
 
@@ -223,7 +240,7 @@ def test_rl_fine_tune_returns_one_merged_lora_rewards_and_a_curve(rl_run, person
     assert records["memory"] == ["load_models_gpu", "unload_all_models", "soft_empty_cache", "soft_empty_cache"]
 
 
-def test_rl_rerun_reuses_and_cancel_resumes_to_the_same_lora(rl_run, comfy_inputs, scorer, personalized):
+def test_rl_rerun_reuses_and_cancel_resumes_to_the_same_lora(rl_run, comfy_inputs, scorer, personalized, request):
     base_lora = personalized[0][2]
     run_rl(*comfy_inputs, scorer, base_lora)
     assert standin("comfy.utils").PROGRESS_LOG == []
@@ -237,7 +254,9 @@ def test_rl_rerun_reuses_and_cancel_resumes_to_the_same_lora(rl_run, comfy_input
     reset_records()
     resumed = run_rl(*comfy_inputs, scorer, base_lora, seed=5, lora_name="ib/rl_cancel")
     assert [p[:2] for p in utils.PROGRESS_LOG] == [(2, 2)]  # only the second epoch ran
+    request.getfixturevalue("fresh_output")
     straight = run_rl(*comfy_inputs, scorer, base_lora, seed=5, lora_name="ib/rl_straight")
+    assert [p[:2] for p in utils.PROGRESS_LOG] == [(2, 2), (1, 2), (2, 2)]  # the straight run trained both epochs
     assert all(torch.equal(resumed[2][k], straight[2][k]) for k in straight[2])
     assert resumed[3] == straight[3]
 
