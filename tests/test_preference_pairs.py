@@ -214,6 +214,8 @@ def test_resume_refuses_other_settings_and_restart_clears(tmp_path):
         build_pairs(pixel_model(), judge, taxonomy, tmp_path, small_config(prompt_pairs=2, min_margin=0.2))
     with pytest.raises(ValueError, match="judge"):
         build_pairs(pixel_model(), BrightnessReward(), taxonomy, tmp_path, config)
+    with pytest.raises(ValueError, match="model"):  # other weights make other images
+        build_pairs(pixel_model(seed=1), judge, taxonomy, tmp_path, config)
     fresh = build_pairs(pixel_model(), judge, taxonomy, tmp_path, small_config(prompt_pairs=2, min_margin=0.2),
                         resume=False)
     assert fresh.prompts_done == fresh.prompts_total

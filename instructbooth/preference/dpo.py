@@ -35,7 +35,7 @@ from ..sampling import PromptEmbeddingCache
 from ..training import CheckpointStore, Precision, StepCallback, StepReport, capture_rng, config_mismatch
 from ..training import gradient_checkpointing, notify, require_finite, restore_rng
 from .dpo_loss import denoising_errors, diffusion_dpo_loss, implicit_accuracy
-from .pairs import KINDS, PairStore, PreferencePair, derive_seed, lora_merged
+from .pairs import KINDS, PairStore, PreferencePair, derive_seed, lora_merged, state_fingerprint
 
 State = dict[str, torch.Tensor]
 
@@ -261,7 +261,7 @@ def _train(ctx: _Context, data, base, store, callback, metrics_dir, subject, bas
     optimizer = torch.optim.AdamW(ctx.params, lr=config.learning_rate, betas=config.adam_betas,
                                   eps=config.adam_eps, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
-    fingerprints = {"pairs": data.fingerprint(), "base_lora": _state_fingerprint(base)}
+    fingerprints = {"pairs": data.fingerprint(), "base_lora": state_fingerprint(base)}
     history, evaluations = [], []
     saved = store.load() if store is not None else None
     if saved is not None:
@@ -414,16 +414,6 @@ def _restore(ctx: _Context, saved: dict, optimizer, generator, fingerprints) -> 
     ctx.precision.load_state_dict(saved["scaler"])
     restore_rng({"train": generator}, saved["rng"])
     return json.loads(saved["history"]), json.loads(saved["evaluations"])
-
-
-def _state_fingerprint(state: Mapping[str, torch.Tensor] | None) -> str:
-    if not state:
-        return ""
-    digest = hashlib.sha256()
-    for key in sorted(state):
-        digest.update(key.encode())
-        digest.update(state[key].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _metadata(config: DPOConfig, subject: Subject | None, base_model_hash: str, steps_done: int, pairs: int,

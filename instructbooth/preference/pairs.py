@@ -376,6 +376,7 @@ def build_pairs(
     prompts, links = plan_prompts(taxonomy.sample_pairs(config.prompt_pairs, config.seed), config, subject,
                                   taxonomy.default_subject)
     fresh = {"format": FORMAT, "settings": config.to_dict(), "judge": judge,
+             "model": model_fingerprint(components, base_lora),
              "prompts": [asdict(p) for p in prompts], "links": [asdict(l) for l in links],
              "records": [], "complete": False}
     if not resume:
@@ -397,6 +398,25 @@ def build_pairs(
     return _result(store, manifest, config, stopped)
 
 
+def state_fingerprint(state: Mapping[str, torch.Tensor] | None) -> str:
+    """sha256 of a tensor dict's names and float32 values ("" for None or empty)."""
+    if not state:
+        return ""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        digest.update(key.encode())
+        digest.update(state[key].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def model_fingerprint(components: SDComponents, base_lora: Mapping[str, torch.Tensor] | None) -> str:
+    """A cheap identity of the sampling model: the UNet's first and last convolutions (which
+    LoRA files do not touch) and the personalized LoRA."""
+    unet = components.unet
+    weights = state_fingerprint({"conv_in": unet.conv_in.weight, "conv_out": unet.conv_out.weight})
+    return hashlib.sha256(f"{weights}:{state_fingerprint(base_lora)}".encode()).hexdigest()
+
+
 def judge_name(reward_fn: RewardFn) -> str:
     """The name recorded for a judge (its `name` attribute, else its type's name)."""
     return str(getattr(reward_fn, "name", None) or type(reward_fn).__name__)
@@ -406,7 +426,7 @@ def _resumable(store: PairStore, fresh: dict) -> dict:
     saved = store.manifest()
     if saved is None:
         return fresh
-    differ = [k for k in ("format", "settings", "judge", "prompts", "links") if saved.get(k) != fresh[k]]
+    differ = [k for k in ("format", "settings", "judge", "model", "prompts", "links") if saved.get(k) != fresh[k]]
     if differ:
         detail = differ
         if "settings" in differ:
@@ -414,8 +434,8 @@ def _resumable(store: PairStore, fresh: dict) -> dict:
             detail = [d for d in differ if d != "settings"] + sorted(
                 k for k in set(settings[0]) | set(settings[1]) if settings[0].get(k) != settings[1].get(k))
         raise ValueError(f"the pair folder {store.folder} was built with different settings "
-                         f"({', '.join(map(str, detail))}); use the same settings and judge, another folder, "
-                         "or resume=False to start it over")
+                         f"({', '.join(map(str, detail))}); use the same model, settings and judge, "
+                         "another folder, or resume=False to start it over")
     return saved
 
 
