@@ -170,9 +170,15 @@ def test_personalized_lora_is_the_reference_and_goes_into_one_file(tmp_path):
 
 def test_pair_data_errors(tmp_path):
     with pytest.raises(ValueError, match="no preference pairs"):
-        PairData([], torch.zeros(0, 3, 16, 16), torch.zeros(0, 3, 16, 16))
+        PairData.from_tensors([], torch.zeros(0, 3, 16, 16), torch.zeros(0, 3, 16, 16))
+    with pytest.raises(ValueError, match="indices"):
+        PairData(["a"], torch.zeros(2, 3, 16, 16, dtype=torch.uint8), torch.tensor([0]), torch.tensor([2]))
+    data = PairData.from_tensors(["a", "b"], torch.full((2, 3, 16, 16), 0.5), torch.zeros(2, 3, 16, 16))
+    assert data.images.shape == (4, 3, 16, 16) and data.winner.tolist() == [0, 1] and data.loser.tolist() == [2, 3]
+    assert int(data.images[0, 0, 0, 0]) == 128
+    odd = PairData.from_tensors(["a"], torch.zeros(1, 3, 18, 18), torch.zeros(1, 3, 18, 18))
     with pytest.raises(ValueError, match="multiples of 4"):
-        train_dpo(pixel_model(), PairData(["a"], torch.zeros(1, 3, 18, 18), torch.zeros(1, 3, 18, 18)), tiny_dpo())
+        train_dpo(pixel_model(), odd, tiny_dpo())
     with pytest.raises(ValueError, match="beta"):
         DPOConfig(beta=-1.0)
 

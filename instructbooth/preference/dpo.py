@@ -101,11 +101,14 @@ class DPOConfig:
 
 @dataclass
 class PairData:
-    """Preference pairs as tensors: under prompts[i], winners[i] is preferred to losers[i]."""
+    """Preference pairs: under prompts[i], images[winner[i]] is preferred to images[loser[i]].
+
+    Each distinct image is held once, as 8-bit RGB (a prompt's best image is in many pairs)."""
 
     prompts: list[str]  # [N] the text each pair's images are conditioned on
-    winners: torch.Tensor  # [N, 3, H, W] in [0, 1]
-    losers: torch.Tensor  # [N, 3, H, W] in [0, 1]
+    images: torch.Tensor  # [M, 3, H, W] uint8
+    winner: torch.Tensor  # [N] long, index into images
+    loser: torch.Tensor  # [N] long, index into images
     ids: list[str] = field(default_factory=list)  # [N] pair ids (for metrics and the fingerprint)
     kinds: list[str] = field(default_factory=list)  # [N] "self" / "cross" (evaluations report each kind)
 
@@ -113,9 +116,13 @@ class PairData:
         n = len(self.prompts)
         if n == 0:
             raise ValueError("no preference pairs to train on; build pairs first, or lower min_margin")
-        if self.winners.shape != self.losers.shape or self.winners.ndim != 4 or self.winners.shape[:2] != (n, 3):
-            raise ValueError(f"winners and losers must both be [N={n}, 3, H, W], got {tuple(self.winners.shape)} "
-                             f"and {tuple(self.losers.shape)}")
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
+            raise ValueError(f"PairData images must be uint8 [M, 3, H, W], got {self.images.dtype} "
+                             f"{tuple(self.images.shape)}; PairData.from_tensors takes images in [0, 1]")
+        self.winner, self.loser = torch.as_tensor(self.winner).long(), torch.as_tensor(self.loser).long()
+        for name, index in (("winner", self.winner), ("loser", self.loser)):
+            if index.shape != (n,) or index.min() < 0 or index.max() >= len(self.images):
+                raise ValueError(f"PairData.{name} must hold {n} indices into the {len(self.images)} images")
         self.ids = list(self.ids) or [str(i) for i in range(n)]
         self.kinds = list(self.kinds) or [""] * n
         if len(self.ids) != n or len(self.kinds) != n:
@@ -124,6 +131,17 @@ class PairData:
 
     def __len__(self) -> int:
         return len(self.prompts)
+
+    @classmethod
+    def from_tensors(cls, prompts: Sequence[str], winners: torch.Tensor, losers: torch.Tensor,
+                     ids: Sequence[str] = (), kinds: Sequence[str] = ()) -> "PairData":
+        """From winner and loser images [N, 3, H, W] in [0, 1] (or uint8), pair by pair."""
+        if winners.shape != losers.shape or winners.ndim != 4 or winners.shape[0] != len(prompts):
+            raise ValueError(f"winners and losers must both be [N={len(prompts)}, 3, H, W], "
+                             f"got {tuple(winners.shape)} and {tuple(losers.shape)}")
+        n = len(prompts)
+        images = torch.cat([_as_uint8(winners), _as_uint8(losers)])
+        return cls(list(prompts), images, torch.arange(n), torch.arange(n, 2 * n), list(ids), list(kinds))
 
     @classmethod
     def from_store(cls, folder: str | Path, kinds: Sequence[str] = KINDS) -> "PairData":
@@ -136,25 +154,27 @@ class PairData:
         if not pairs:
             raise ValueError(f"{store.folder} holds no pairs of the chosen kinds; build more, lower min_margin, "
                              "or include both kinds")
-        cache: dict[str, torch.Tensor] = {}
-
-        def image(name: str) -> torch.Tensor:
-            if name not in cache:
-                cache[name] = store.image(name)
-            return cache[name]
-
-        sizes = {tuple(image(name).shape) for p in pairs for name in (p.winner, p.loser)}
+        names = list(dict.fromkeys(name for p in pairs for name in (p.winner, p.loser)))
+        images = [_as_uint8(store.image(name)[None])[0] for name in names]
+        sizes = sorted({tuple(image.shape) for image in images})
         if len(sizes) != 1:
-            raise ValueError(f"pair images in {store.folder} have different sizes {sorted(sizes)}; use one size")
-        return cls([p.prompt for p in pairs], torch.stack([image(p.winner) for p in pairs]),
-                   torch.stack([image(p.loser) for p in pairs]), [p.id for p in pairs], [p.kind for p in pairs])
+            raise ValueError(f"pair images in {store.folder} have different sizes {sizes}; use one size")
+        index = {name: i for i, name in enumerate(names)}
+        return cls([p.prompt for p in pairs], torch.stack(images), torch.tensor([index[p.winner] for p in pairs]),
+                   torch.tensor([index[p.loser] for p in pairs]), [p.id for p in pairs], [p.kind for p in pairs])
 
     def fingerprint(self) -> str:
-        """sha256 of the ids, prompts and pixels (to refuse resuming on other pairs)."""
-        digest = hashlib.sha256(json.dumps([self.ids, self.prompts]).encode())
-        for images in (self.winners, self.losers):
-            digest.update((images.float().clamp(0, 1) * 255).round().to(torch.uint8).numpy().tobytes())
+        """sha256 of the ids, prompts, pairing and pixels (to refuse resuming on other pairs)."""
+        text = json.dumps([self.ids, self.prompts, self.winner.tolist(), self.loser.tolist()])
+        digest = hashlib.sha256(text.encode())
+        digest.update(self.images.contiguous().numpy().tobytes())
         return digest.hexdigest()
+
+
+def _as_uint8(images: torch.Tensor) -> torch.Tensor:
+    if images.dtype == torch.uint8:
+        return images.cpu()
+    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
 
 
 @dataclass
@@ -176,8 +196,9 @@ class _Context:
     config: DPOConfig
     params: list[torch.nn.Parameter]
     precision: Precision
-    winners: torch.Tensor  # [N, C, h, w] latents on the device
-    losers: torch.Tensor
+    latents: torch.Tensor  # [M, C, h, w] latents of the distinct images, on the device
+    winner: torch.Tensor  # [N] long, index into latents, on the device
+    loser: torch.Tensor  # [N] long
     embeds: torch.Tensor  # [N, L, D] prompt embeddings on the device
     kinds: list[str]  # [N] pair kinds
     eval_reference: torch.Tensor | None = None  # [2, N] the reference's evaluation errors (fixed draws: computed once)
@@ -245,15 +266,15 @@ def _trainable_lora(components: SDComponents, config: DPOConfig, base: State | N
 
 
 def _prepare(components, config, params, precision, data: PairData) -> _Context:
-    """Encodes the pair images (VAE posterior samples, seeded) and the prompts once."""
+    """Encodes each distinct image (a seeded VAE posterior sample) and each prompt once."""
     generator = torch.Generator().manual_seed(derive_seed(config.seed, "encode"))
-    chunk = config.eval_batch_size
+    chunk, images, device = config.eval_batch_size, data.images, components.device
     with torch.no_grad(), precision.autocast():
-        latents = [torch.cat([encode_images(components, images[i : i + chunk].float(), generator=generator).float()
-                              for i in range(0, len(images), chunk)]) for images in (data.winners, data.losers)]
+        latents = torch.cat([encode_images(components, images[i : i + chunk].float() / 255, generator=generator).float()
+                             for i in range(0, len(images), chunk)])
         embeds = PromptEmbeddingCache(components)(data.prompts).float()
-    return _Context(components, config, params, precision, latents[0], latents[1], embeds.to(components.device),
-                    list(data.kinds))
+    return _Context(components, config, params, precision, latents, data.winner.to(device), data.loser.to(device),
+                    embeds.to(device), list(data.kinds))
 
 
 def _train(ctx: _Context, data, base, store, callback, metrics_dir, subject, base_model_hash) -> DPOResult:
@@ -306,9 +327,9 @@ def learning_rate_at(step: int, config: DPOConfig) -> float:
 
 def train_step(ctx: _Context, optimizer, generator: torch.Generator, step: int, store) -> dict:
     """One optimizer step on a random minibatch of pairs; returns its statistics."""
-    config, count = ctx.config, len(ctx.winners)
+    config, count = ctx.config, len(ctx.winner)
     rows = torch.randperm(count, generator=generator)[: min(config.batch_size, count)]
-    noise = torch.randn((len(rows), *ctx.winners.shape[1:]), generator=generator)
+    noise = torch.randn((len(rows), *ctx.latents.shape[1:]), generator=generator)
     timesteps = torch.randint(0, ctx.components.scheduler.config.num_train_timesteps, (len(rows),), generator=generator)
     errors = pair_errors(ctx, rows, noise, timesteps, with_grad=True)
     out = diffusion_dpo_loss(*errors, beta=config.beta)
@@ -330,7 +351,7 @@ def pair_errors(ctx: _Context, rows: torch.Tensor, noise: torch.Tensor, timestep
     device, scheduler = ctx.components.device, ctx.components.scheduler
     rows = rows.to(device)
     noise, timesteps = noise.to(device), timesteps.to(device)
-    clean = torch.cat([ctx.winners[rows], ctx.losers[rows]])  # [2m, C, h, w]
+    clean = torch.cat([ctx.latents[ctx.winner[rows]], ctx.latents[ctx.loser[rows]]])  # [2m, C, h, w]
     noise2, t2 = torch.cat([noise, noise]), torch.cat([timesteps, timesteps])
     inputs = scheduler.add_noise(clean, noise2, t2)
     target = denoising_target(scheduler, clean, noise2, t2)
@@ -366,13 +387,13 @@ def evaluate(ctx: _Context, step: int) -> dict:
     "reference_accuracy": the same for the reference (a constant of the pairs);
     "by_kind": the implicit accuracy of each pair kind ("self", "cross"); "loss": the DPO
     loss of the draw-averaged errors. The reference's errors are computed once per run."""
-    config, count = ctx.config, len(ctx.winners)
+    config, count = ctx.config, len(ctx.winner)
     generator = torch.Generator().manual_seed(derive_seed(config.seed, "evaluate"))
     steps = ctx.components.scheduler.config.num_train_timesteps
     need_reference = ctx.eval_reference is None
     totals = torch.zeros(4 if need_reference else 2, count, dtype=torch.float64)  # model w, l (, reference w, l)
     for _ in range(config.eval_draws):
-        noise = torch.randn(ctx.winners.shape, generator=generator)
+        noise = torch.randn((count, *ctx.latents.shape[1:]), generator=generator)
         timesteps = torch.randint(0, steps, (count,), generator=generator)
         for start in range(0, count, config.eval_batch_size):
             rows = torch.arange(start, min(start + config.eval_batch_size, count))
@@ -436,7 +457,7 @@ def save_result(result: DPOResult, path: str | Path) -> Path:
 
 def check_data(components: SDComponents, data: PairData) -> None:
     """Raises ValueError when the pair images cannot go through this model."""
-    height, width = data.winners.shape[-2:]
+    height, width = data.images.shape[-2:]
     _, latent_height, _ = latent_shape(components, height, width)
     unet_factor = 2 ** (len(components.unet.config.block_out_channels) - 1)
     step = max(height // max(latent_height, 1), 1) * unet_factor  # pixels per UNet cell at the coarsest level
