@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     dtype = parse_dtype(args.dtype)
-    pair_config, dpo_config = PairConfig.from_dict(pair_settings(args)), DPOConfig.from_dict(dpo_settings(args))
+    pair_config = PairConfig(**known_fields(pair_settings(args), PairConfig, "--pair-config"))
+    dpo_config = DPOConfig(**known_fields(dpo_settings(args), DPOConfig, "--dpo-config"))
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
     taxonomy = Taxonomy.load(args.taxonomy) if args.taxonomy else Taxonomy.default()
     output = Path(args.output)
@@ -136,6 +137,14 @@ def read_settings(value: str | None, flag: str) -> dict:
         raise ValueError(f"{flag} must be a JSON file or inline JSON object, got {value!r}") from None
     if not isinstance(settings, dict):
         raise ValueError(f"{flag} must hold a JSON object of settings, got {type(settings).__name__}")
+    return settings
+
+
+def known_fields(settings: dict, cls, flag: str) -> dict:
+    """`settings`, or a ValueError naming the keys `cls` does not have."""
+    unknown = sorted(set(settings) - set(cls.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"{flag}: unknown settings {unknown}; {cls.__name__} has {sorted(cls.__dataclass_fields__)}")
     return settings
 
 
