@@ -19,7 +19,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-CONFIG_PACKAGE = "instructbooth.configs"
+CONFIG_PACKAGE = f"{__package__}.configs"  # relative: the pack also imports us as <pack>.instructbooth
 
 
 @dataclass

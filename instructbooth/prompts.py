@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 
 PLACEHOLDER = "{id}"
-PROMPT_PACKAGE = "instructbooth"
+PROMPT_PACKAGE = __package__  # "instructbooth", or "<pack>.instructbooth" inside ComfyUI
 PROMPT_FOLDER = "prompts"
 DEFAULT_TRAIN_SETS = ("actions", "interactions")
 HELDOUT_SET = "heldout"

@@ -6,25 +6,9 @@ Nodes are thin: each `execute` validates its inputs, converts ComfyUI types thro
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
-
 from comfy_api.latest import ComfyExtension, io
 
-
-def _expose_library_name() -> None:
-    """Inside ComfyUI the library is `<pack>.instructbooth`, but it finds its shipped data
-    (configs, tokenizer, prompt sets) through the absolute name `instructbooth`. When no
-    `instructbooth` is installed, that name is pointed at the pack's own copy."""
-    if "instructbooth" in sys.modules or importlib.util.find_spec("instructbooth") is not None:
-        return
-    sys.modules["instructbooth"] = importlib.import_module(f"{__package__.rpartition('.')[0]}.instructbooth")
-
-
-_expose_library_name()
-
-from . import bridge  # noqa: E402  (after the library name is set up)
+from . import bridge
 
 
 def node_classes() -> list[type[io.ComfyNode]]:

@@ -20,6 +20,8 @@ from typing import Any, Mapping
 
 import torch
 
+from ..components import CONFIG_PACKAGE
+
 HEAD_DIM = 64  # width of one attention head in both real BLIP towers; used to infer head counts
 
 
@@ -106,7 +108,7 @@ class ImageRewardConfig:
 
 def shipped_settings() -> dict[str, Any]:
     """The JSON settings that ship with the package (model sizes and tokenizer files)."""
-    text = resources.files("instructbooth.configs").joinpath("imagereward/imagereward.json").read_text("utf-8")
+    text = resources.files(CONFIG_PACKAGE).joinpath("imagereward/imagereward.json").read_text("utf-8")
     return json.loads(text)
 
 

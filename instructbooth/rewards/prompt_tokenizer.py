@@ -18,6 +18,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from ..components import CONFIG_PACKAGE
 from .image_reward_config import shipped_settings
 
 BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -53,7 +54,7 @@ class PromptTokenizer:
     def shipped(max_length: int = 35) -> "PromptTokenizer":
         """From the package's `configs/imagereward/` files (no network)."""
         settings = shipped_settings()["tokenizer"]
-        folder = resources.files("instructbooth.configs").joinpath("imagereward")
+        folder = resources.files(CONFIG_PACKAGE).joinpath("imagereward")
         vocab = _parse_vocab(folder.joinpath(settings["vocab_file"]).read_text("utf-8"))
         return PromptTokenizer(vocab, max_length, settings["added_tokens"], settings["lowercase"])
 
