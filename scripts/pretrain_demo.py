@@ -4,10 +4,11 @@
     python scripts/pretrain_demo.py --train-only         # stop after training
     python scripts/pretrain_demo.py --stop-after-minutes 20   # one session; run again to go on
 
-Time: the shipped model took 6000 steps of batch 64, about 45 minutes on 2 CPU cores
-(0.4-0.5 s a step on a quiet machine), then about 2 minutes of evaluation (8 sampled
-images per caption, 50 stochastic steps, guidance 4). Checkpoints go to
---checkpoint-dir, so an interrupted run continues where it stopped.
+Time: the shipped model took 1600 steps of batch 64, TRAIN_MINUTES minutes on one CPU
+thread of a busy 2-core machine (1-2 s a step; about 0.4 s with 2 quiet cores), then
+EVAL_MINUTES minutes of evaluation (4 sampled images per caption, 50 stochastic steps).
+Checkpoints go to --checkpoint-dir, so an interrupted run continues where it stopped
+(--steps may be raised on resume; the learning-rate schedule follows the new total).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--stop-after-minutes", type=float, default=None, help="end this session early")
     parser.add_argument("--train-only", action="store_true", help="do not evaluate or write the model")
-    parser.add_argument("--eval-per-caption", type=int, default=8, help="sampled images per caption to score")
+    parser.add_argument("--eval-per-caption", type=int, default=4, help="sampled images per caption to score")
     return parser.parse_args(argv)
 
 
@@ -63,18 +64,26 @@ def main(argv: list[str] | None = None) -> int:
 
 def finish(components, model_config, config, result, args) -> int:
     """Scores the EMA model on held-in and held-out captions and writes the model files."""
-    from instructbooth.demo.evaluate import evaluate_splits
+    from instructbooth.demo.evaluate import background_leak, evaluate_splits
 
     sampler = SamplerConfig()
     started = time.perf_counter()
     accuracy = evaluate_splits(components, sampler, per_caption=args.eval_per_caption, seed=args.seed)
     seconds = time.perf_counter() - started
+    images = args.eval_per_caption * (72 + 36)
     for split, scores in accuracy.items():
         log(f"{split}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
     card = {
+        "scheduler": dict(components.scheduler.config),
         "sampler": asdict(sampler),
         "accuracy": accuracy,
-        "evaluation": {"per_caption": args.eval_per_caption, "seed": args.seed, "minutes": round(seconds / 60, 2)},
+        "evaluation": {
+            "per_caption": args.eval_per_caption,
+            "seed": args.seed,
+            "images_per_second": round(images / seconds, 2),
+            "threads": args.threads,
+            "background_leak_at_last_timestep": round(background_leak(components.scheduler), 3),
+        },
         "pretraining": {**asdict(config), "minutes": round(result.seconds / 60, 1), "threads": args.threads},
     }
     path = save_demo_model(components, args.out, model_config, card)

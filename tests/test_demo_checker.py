@@ -99,10 +99,10 @@ def _diamond_with(pattern: str, size: int = 13) -> np.ndarray:
     image = world.blank("white")
     ys, xs = np.mgrid[0:size, 0:size]
     if pattern == "solid":
-        colours = np.broadcast_to(world._rgb("pink")[:, None, None], (3, size, size))
+        colours = np.broadcast_to(world.rgb("pink")[:, None, None], (3, size, size))
     else:  # vertical stripes: wrong orientation
         stripe = (xs // 3) % 2
-        colours = np.where(stripe[None] == 0, world._rgb("pink")[:, None, None], world._rgb("cyan")[:, None, None])
+        colours = np.where(stripe[None] == 0, world.rgb("pink")[:, None, None], world.rgb("cyan")[:, None, None])
     world.paint(image, subject.subject_mask(size), (9, 9), colours.astype(np.float32))
     return image
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .prompts import PromptSpec, parse_prompt
-from .world import BACKGROUNDS, COLOURS, PALETTE
+from .world import COLOURS, PALETTE
 
 NAMES = tuple(PALETTE)  # label index -> colour name
 _RGB = np.asarray([PALETTE[n] for n in NAMES], dtype=np.float32) / 255.0  # [K, 3]
@@ -255,8 +255,3 @@ def attribute_accuracy(images: torch.Tensor, prompts: list[str], config: Checker
         tallies.setdefault("reward", []).append(float(np.mean(list(result.values()))))
     return {name: float(np.mean(values)) for name, values in tallies.items()}
 
-
-__all__ = [
-    "AlignmentReward", "CheckerConfig", "Reading", "WorldObject", "attribute_accuracy", "check", "read_image",
-    "score", "subject_fidelity", "BACKGROUNDS",
-]

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from diffusers import DDPMScheduler
+from diffusers.schedulers.scheduling_ddpm import rescale_zero_terminal_snr
 from safetensors.torch import load_file
 
 from ..components import SDComponents, build_text_encoder, build_unet
@@ -162,13 +163,24 @@ class DemoModelConfig:
     text_layers: int = 2  # CLIP transformer layers
     text_heads: int = 4  # CLIP attention heads
     max_length: int = 24  # tokens per prompt, <bos> and <eos> included
-    # Noise schedule (diffusers DDPMScheduler fields). Linear 1e-4..0.02 over 1000 steps
-    # (DDPM's pixel-space schedule): its terminal signal (sqrt(alpha_bar) ~ 0.006) leaks
-    # far less of the image mean than SD1.5's scaled-linear (~0.07), so the background
-    # must come from the prompt. clip_sample keeps x0 estimates inside [-1, 1].
-    beta_schedule: str = "linear"
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
+    # Noise schedule (diffusers DDPMScheduler fields): SD1.5's scaled-linear betas rescaled
+    # to zero terminal SNR, v-prediction, sampling from t=999 ("trailing") - the fix of
+    # Lin et al. 2024 ("Common diffusion noise schedules and sample steps are flawed").
+    # Why: the background fills most of the image, so its colour survives in x_t up to
+    # t=999 under SD1.5's schedule (read back from x_999 alone 91% of the time): trained
+    # that way the model takes the background from the noise, not the prompt, and samples
+    # from pure noise come out gray (measured). With DDPM's linear schedule and epsilon
+    # prediction the loss barely rewards the prompt at high noise: all gray too.
+    # clip_sample keeps x0 estimates inside [-1, 1] (pixel space).
+    beta_schedule: str = "scaled_linear"
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    rescale_betas_zero_snr: bool = True
+    # The last beta after rescaling (1.0 would make alpha_bar_999 exactly 0): 0.5 leaves
+    # alpha_bar_999 ~ 1e-7, no visible signal, but keeps 1 - alpha_bar_prev - sigma^2 of
+    # a DDIM step with eta = 1 from t=999 positive in float32 (exactly 0 gives NaN there).
+    terminal_beta: float = 0.5
+    prediction_type: str = "v_prediction"  # or "epsilon"
     clip_sample: bool = True
 
     def unet_config(self) -> dict[str, Any]:
@@ -201,18 +213,28 @@ class DemoModelConfig:
         }
 
     def scheduler_config(self) -> dict[str, Any]:
-        return {
+        """DDPMScheduler config. With `rescale_betas_zero_snr` the rescaled betas are
+        written out as `trained_betas` (with `terminal_beta` last), so every scheduler
+        built from this config (DDIM, DDPM) gets exactly the same alphas."""
+        config = {
             "num_train_timesteps": 1000,
             "beta_start": self.beta_start,
             "beta_end": self.beta_end,
             "beta_schedule": self.beta_schedule,
+            "trained_betas": None,
+            "rescale_betas_zero_snr": False,
             "clip_sample": self.clip_sample,
             "clip_sample_range": 1.0,
-            "prediction_type": "epsilon",
+            "prediction_type": self.prediction_type,
             "variance_type": "fixed_small",
             "timestep_spacing": "trailing",
             "steps_offset": 0,
         }
+        if self.rescale_betas_zero_snr:
+            betas = rescale_zero_terminal_snr(DDPMScheduler.from_config(config).betas)
+            betas[-1] = self.terminal_beta
+            config["trained_betas"] = betas.tolist()
+        return config
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}

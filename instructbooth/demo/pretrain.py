@@ -31,7 +31,7 @@ CHECKPOINT_NAME = "last.pt"
 class PretrainConfig:
     """Hyperparameters of demo pretraining (steps count optimizer updates)."""
 
-    steps: int = 3000  # optimizer steps in all
+    steps: int = 1600  # optimizer steps in all
     batch_size: int = 64  # images per step
     lr: float = 1e-3  # peak AdamW learning rate
     warmup_steps: int = 200  # linear warmup from 0 to `lr`
@@ -39,7 +39,8 @@ class PretrainConfig:
     weight_decay: float = 0.01  # AdamW decoupled weight decay
     grad_clip: float = 1.0  # max global gradient norm
     cfg_dropout: float = 0.1  # probability that a caption is replaced by ""
-    min_snr_gamma: float = 5.0  # Min-SNR loss weight min(SNR, gamma) / SNR; 0 turns it off
+    min_snr_gamma: float = 0.0  # > 0: Min-SNR weights (they starve the highest noise levels, where the
+    # prompt must decide the background, so off by default)
     ema_decay: float = 0.995  # EMA decay (warmed up as (1 + n) / (10 + n))
     split: str = "train"  # world split whose captions are trained on
     seed: int = 0  # data, noise and init seed
@@ -68,18 +69,21 @@ def learning_rate(config: PretrainConfig, step: int) -> float:
 
 def diffusion_loss(components: SDComponents, images: torch.Tensor, captions: list[str], gamma: float,
                    generator: torch.Generator) -> torch.Tensor:
-    """Min-SNR-weighted epsilon MSE of a batch of images [B, 3, H, W] in [0, 1]."""
+    """Min-SNR-weighted MSE of the scheduler's prediction target (epsilon or v) for a
+    batch of images [B, 3, H, W] in [0, 1]."""
     scheduler = components.scheduler
     latents = encode_images(components, images)
     noise = torch.randn(latents.shape, generator=generator)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
     noisy = scheduler.add_noise(latents, noise, t)
     prediction = components.unet(noisy, t, encode_prompts(components, captions)).sample
-    per_image = (prediction - noise).pow(2).mean(dim=(1, 2, 3))
+    v_prediction = scheduler.config.prediction_type == "v_prediction"
+    target = scheduler.get_velocity(latents, noise, t) if v_prediction else noise
+    per_image = (prediction - target).pow(2).mean(dim=(1, 2, 3))
     if gamma > 0:
         alpha_bar = scheduler.alphas_cumprod[t]
         snr = alpha_bar / (1 - alpha_bar)
-        per_image = per_image * snr.clamp(max=gamma) / snr
+        per_image = per_image * snr.clamp(max=gamma) / (snr + 1 if v_prediction else snr)
     return per_image.mean()
 
 

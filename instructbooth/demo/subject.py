@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .prompts import PromptSpec, parse_prompt, personalization_prompts
-from .world import BACKGROUNDS, DrawConfig, _rgb, blank, paint, place_boxes, shape_mask
+from .world import BACKGROUNDS, DrawConfig, blank, paint, place_boxes, rgb, shape_mask
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ def subject_pixels(size: int, look: SubjectLook = LOOK) -> np.ndarray:
     """[3, size, size] colours of the striped pattern (outside the diamond too)."""
     ys, xs = np.mgrid[0:size, 0:size]
     stripe = ((ys + xs) // look.stripe_width) % 2
-    first, second = (_rgb(c) for c in look.colours)
+    first, second = (rgb(c) for c in look.colours)
     return np.where(stripe[None] == 0, first[:, None, None], second[:, None, None]).astype(np.float32)
 
 
@@ -57,7 +57,7 @@ def draw_prompt(
         paint(image, subject_mask(sizes[0]), corners[0], subject_pixels(sizes[0], look))
         sizes, corners = sizes[1:], corners[1:]
     for size, corner in zip(sizes, corners):
-        paint(image, shape_mask(spec.shape, size), corner, _rgb(spec.colour))
+        paint(image, shape_mask(spec.shape, size), corner, rgb(spec.colour))
     return image
 
 

@@ -164,7 +164,7 @@ def _apart(a: tuple[int, int, int], b: tuple[int, int, int], gap: int) -> bool:
 
 def blank(background: str) -> np.ndarray:
     """A [3, H, W] float image of one palette colour."""
-    return np.broadcast_to(_rgb(background)[:, None, None], (3, IMAGE_SIZE, IMAGE_SIZE)).copy()
+    return np.broadcast_to(rgb(background)[:, None, None], (3, IMAGE_SIZE, IMAGE_SIZE)).copy()
 
 
 def paint(image: np.ndarray, mask: np.ndarray, top_left: tuple[int, int], colour: np.ndarray) -> None:
@@ -180,11 +180,11 @@ def draw_scene(scene: Scene, rng: np.random.Generator, config: DrawConfig = Draw
     image = blank(scene.background)
     sizes = [int(s) for s in rng.integers(config.min_size, config.max_size + 1, size=scene.count)]
     for size, corner in zip(sizes, place_boxes(sizes, rng, config)):
-        paint(image, shape_mask(scene.shape, size), corner, _rgb(scene.colour))
+        paint(image, shape_mask(scene.shape, size), corner, rgb(scene.colour))
     return image
 
 
-def _rgb(name: str) -> np.ndarray:
+def rgb(name: str) -> np.ndarray:
     if name not in PALETTE:
         raise ValueError(f"unknown colour {name!r}; expected one of {tuple(PALETTE)}")
     return np.asarray(PALETTE[name], dtype=np.float32) / 255.0
