@@ -1,0 +1,487 @@
+"""The embedded demo as one function: personalize, show the overfitting, RL, report.
+
+`run_demo(config, out_dir)` runs the InstructBooth method end to end on the demo model
+(model.py) and its world of coloured shapes, on a CPU:
+
+1. the subject's reference photos (subject.py) are written to `out_dir/reference/`,
+   each PNG with its caption ("sks toy on a white background") beside it;
+2. the base model is scored on the instruction prompts' world captions
+   ("two red circles on a black background");
+3. DreamBooth: a LoRA learns the subject from the photos (personalize.py);
+4. the personalized model is scored on the same instructions with the identifier
+   ("sks toy next to two red circles on a black background"): the overfitting shows as
+   lower alignment than the base model had;
+5. InstructBooth: RL (DDPO, rl/) maximises the exact alignment reward (checker.py) on
+   training prompts with and without the identifier, mixed at `rl.identifier_ratio`;
+6. the result is scored the same way, and report.py writes report.md and report.html
+   with before/after grids, the reward curve and the numbers (also demo_metrics.json).
+
+Alignment is the share of a prompt's instruction attributes (count, colour, shape,
+background) that the checker reads back from an image; subject fidelity is the checker's
+likeness of the striped diamond in it (0..1). Scores are over every training scene (72)
+and every held-out scene (36), whose colour-shape pairs the base model never saw.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterator, Mapping
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler
+from PIL import Image
+
+from ..components import SDComponents
+from ..files import write_json
+from ..lora import apply_lora, save_lora
+from ..personalize import PersonalizeConfig, PersonalizeResult, personalize
+from ..prompts import RLPrompts, Subject
+from ..rl.config import RLConfig
+from ..rl.trainer import RLResult, train_rl
+from ..sampling import PromptEmbeddingCache, sample_images
+from ..training import StepReport
+from .checker import CheckerConfig, check, read_image
+from .model import DemoModelConfig, build_demo_components, load_demo_components
+from .prompts import CLASS_NOUN, DESCRIPTION, IDENTIFIER, PromptSpec, format_prompt, parse_prompt, subject_phrase
+from .subject import reference_images
+from .world import BACKGROUNDS, IMAGE_SIZE, scenes
+
+Log = Callable[[str], None]
+MODELS = ("base", "dreambooth", "instructbooth")
+SPLITS = ("train", "heldout")
+RANDOM_WEIGHTS = "random"  # DemoConfig.weights value for an untrained model (plumbing and tests)
+
+
+# --- configuration ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How the models are scored: images per prompt, sampled like RL samples them."""
+
+    steps: int = 20  # stochastic DDIM steps per image
+    guidance: float = 4.0  # classifier-free guidance scale
+    eta: float = 1.0  # DDIM noise (1 = ancestral; 0 gives washed-out images with this model)
+    per_prompt: int = 2  # images per prompt (fixed seeds, the same for every model)
+    prompts_per_split: int | None = None  # evenly spaced subset of the scenes; None = all (72 / 36)
+    batch_size: int = 64  # images per sampling call
+
+
+DEMO_PERSONALIZE = PersonalizeConfig(
+    identifier=IDENTIFIER,
+    class_noun=CLASS_NOUN,
+    use_captions=True,  # each reference PNG has its caption beside it
+    rank=8,
+    alpha=8.0,
+    steps=300,
+    batch_size=6,
+    learning_rate=1e-3,
+    resolution=IMAGE_SIZE,
+    flip=False,  # a mirrored subject has its stripes the wrong way round
+    checkpoint_every=0,
+)
+
+DEMO_RL = RLConfig(
+    method="ddpo",
+    sample_steps=20,
+    eta=1.0,
+    guidance=4.0,
+    height=IMAGE_SIZE,
+    width=IMAGE_SIZE,
+    sample_batch_size=32,
+    sample_batches=2,
+    epochs=20,
+    train_batch_size=32,
+    timestep_fraction=0.5,
+    clip_range=1e-3,
+    advantage="batch",
+    learning_rate=1e-3,
+    lora_rank=4,
+    lora_alpha=4.0,
+    identifier_ratio=0.5,
+    reward_plain_prompt=False,  # the demo reward knows the identifier: it checks the subject too
+    heldout_every=5,
+    heldout_seeds=1,
+)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """One demo run. `seed` replaces the seeds of the personalization and RL configs."""
+
+    seed: int = 0  # reference photos, LoRA inits, training noise, evaluation seeds
+    reference_images: int = 6  # the subject's photos (cycling through the 3 backgrounds)
+    detailed: bool = True  # the detailed description ("with pink and cyan stripes") in every subject prompt
+    personalize: PersonalizeConfig = DEMO_PERSONALIZE  # stage 1 (description and seed are filled in)
+    rl: RLConfig = DEMO_RL  # stage 2 (seed is filled in)
+    evaluation: EvalConfig = EvalConfig()
+    showcase: int = 4  # prompts per split shown in the report's grids
+    weights: str | None = None  # None: the shipped model; a folder with demo_model.*; a pretraining
+    #                             checkpoint (last.pt, its EMA weights); "random": untrained
+
+    def personalize_settings(self) -> PersonalizeConfig:
+        """The personalization config as run: this seed, the description when `detailed`."""
+        return replace(self.personalize, seed=self.seed, description=DESCRIPTION if self.detailed else "")
+
+    def rl_settings(self) -> RLConfig:
+        return replace(self.rl, seed=self.seed)
+
+    def to_dict(self) -> dict:
+        return {"seed": self.seed, "reference_images": self.reference_images, "detailed": self.detailed,
+                "personalize": self.personalize_settings().to_dict(), "rl": self.rl_settings().to_dict(),
+                "evaluation": asdict(self.evaluation), "showcase": self.showcase, "weights": self.weights}
+
+
+def quick_config(seed: int = 0, weights: str | None = None) -> DemoConfig:
+    """A seconds-long run of every stage (smoke tests): few steps, few prompts, tiny RL."""
+    return DemoConfig(
+        seed=seed, reference_images=3, weights=weights, showcase=2,
+        personalize=replace(DEMO_PERSONALIZE, steps=4, batch_size=3),
+        rl=replace(DEMO_RL, sample_steps=4, sample_batch_size=4, sample_batches=2, epochs=2, train_batch_size=4,
+                   timestep_fraction=0.5, heldout_every=1),
+        evaluation=EvalConfig(steps=4, per_prompt=1, prompts_per_split=4),
+    )
+
+
+@dataclass
+class DemoReport:
+    out_dir: Path
+    metrics: dict  # what demo_metrics.json holds (see `run_demo`)
+    markdown: Path  # report.md
+    html: Path  # report.html
+    seconds: float  # wall time of the whole run
+
+
+# --- the model and the subject ----------------------------------------------------------------
+
+
+def load_model(weights: str | Path | None = None, seed: int = 0) -> SDComponents:
+    """The demo model: shipped (None), a folder with demo_model.*, a pretraining checkpoint
+    file (its EMA weights), or RANDOM_WEIGHTS (untrained, seeded); with `stochastic_last_step`."""
+    path = Path(weights) if weights not in (None, RANDOM_WEIGHTS) else None
+    if weights == RANDOM_WEIGHTS:
+        components = build_demo_components(seed=seed)
+    elif path is not None and path.is_file():
+        components = _from_pretraining_checkpoint(path)
+    else:
+        components = load_demo_components(path)
+    return stochastic_last_step(components)
+
+
+def stochastic_last_step(components: SDComponents) -> SDComponents:
+    """Gives the components a DDIM scheduler whose last step still adds noise.
+
+    The demo model's schedule uses "trailing" spacing, so a sampler's last step goes from
+    t = 1000/S - 1 to "t = -1", where DDIM's default (`set_alpha_to_one`) makes the step
+    deterministic: its standard deviation is 0 and DDPO's log-probability of it is NaN.
+    With `set_alpha_to_one=False` the step ends at alpha-bar of t = 0 (0.99915), as
+    SD1.5's does. Training reads the same betas, so nothing else changes."""
+    config = dict(components.scheduler.config)
+    components.scheduler = DDIMScheduler.from_config(config, set_alpha_to_one=False)
+    return components
+
+
+def _from_pretraining_checkpoint(path: Path, model: DemoModelConfig = DemoModelConfig()) -> SDComponents:
+    """The EMA weights of a pretraining checkpoint (made with the `model` architecture and
+    schedule: a checkpoint does not record them)."""
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    if "ema" not in saved or "modules" not in saved:
+        raise ValueError(f"{path} is not a demo pretraining checkpoint (no 'ema' / 'modules' entries)")
+    components = build_demo_components(model)
+    params = [p for m in (components.unet, components.text_encoder) for p in m.parameters()]
+    shadow = saved["ema"]["shadow"]
+    if len(shadow) != len(params) or any(a.shape != b.shape for a, b in zip(params, shadow)):
+        raise ValueError(f"the EMA weights in {path} do not fit the default demo model architecture")
+    with torch.no_grad():
+        for param, value in zip(params, shadow):
+            param.copy_(value)
+    return components
+
+
+def subject_of(detailed: bool) -> Subject:
+    """The RL subject. The description goes into the class phrase, where the demo grammar
+    has it: "sks toy with pink and cyan stripes next to ..."."""
+    return Subject(IDENTIFIER, f"{CLASS_NOUN} {DESCRIPTION}" if detailed else CLASS_NOUN)
+
+
+def write_reference(folder: Path, count: int, seed: int, detailed: bool) -> torch.Tensor:
+    """The subject's photos as PNGs with caption templates beside them; returns [N, 3, 32, 32]."""
+    images, captions = reference_images(count, seed, detailed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("subject_*"):
+        old.unlink()
+    for i, (image, caption) in enumerate(zip(images, captions)):
+        to_pil(torch.from_numpy(image)).save(folder / f"subject_{i}.png")
+        (folder / f"subject_{i}.txt").write_text(caption + "\n", encoding="utf-8")
+    return torch.from_numpy(images)
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """[3, H, W] in [0, 1] -> RGB PIL image."""
+    array = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    return Image.fromarray(array)
+
+
+@contextlib.contextmanager
+def lora_applied(components: SDComponents, state: Mapping[str, torch.Tensor] | None) -> Iterator[SDComponents]:
+    """Within the block the LoRA is merged into the weights; afterwards they are restored exactly."""
+    if not state:
+        yield components
+        return
+    modules = (components.unet, components.text_encoder)
+    saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in modules]
+    apply_lora(components, state)
+    try:
+        yield components
+    finally:
+        for module, weights in zip(modules, saved):
+            module.load_state_dict(weights)
+
+
+# --- prompts and scores -----------------------------------------------------------------------
+
+
+def instruction_specs(split: str, subject: str | None, detailed: bool, limit: int | None = None) -> list[PromptSpec]:
+    """The split's scenes as prompts with the subject ("identifier", "class") or without (None).
+    `limit` keeps an evenly spaced subset."""
+    chosen = scenes(split)
+    if limit is not None and limit < len(chosen):
+        chosen = [chosen[i] for i in np.linspace(0, len(chosen) - 1, limit).round().astype(int)]
+    return [PromptSpec(s.background, s.count, s.colour, s.shape, subject, detailed and subject is not None)
+            for s in chosen]
+
+
+def score_image(image: torch.Tensor, prompt: str, config: CheckerConfig = CheckerConfig()) -> dict[str, float]:
+    """alignment (share of the instruction attributes that hold), exact (all of them hold),
+    fidelity (subject likeness), subject (fidelity at the checker's threshold), reward
+    (the RL reward: the share of all the prompt's attributes, subject included)."""
+    reading = read_image(image, config)
+    result = check(reading, parse_prompt(prompt), config)
+    instruction = [ok for name, ok in result.items() if name != "subject"]
+    return {
+        "alignment": float(np.mean(instruction)),
+        "exact": float(all(instruction)),
+        "fidelity": reading.subject_fidelity,
+        "subject": float(reading.subject_fidelity >= config.subject_threshold),
+        "reward": float(np.mean(list(result.values()))),
+    }
+
+
+@dataclass
+class Evaluation:
+    """Images of one model on one split's prompts, and their scores."""
+
+    prompts: list[str]  # one per image, prompt-major: per_prompt images of prompts[0] first
+    images: torch.Tensor  # [N, 3, 32, 32] in [0, 1]
+    scores: list[dict[str, float]]  # `score_image` of each image
+
+    def summary(self) -> dict[str, float]:
+        """Mean of every score; "*_std" the spread of prompt means; "images" the count."""
+        names = self.scores[0].keys()
+        result: dict[str, float] = {}
+        for name in names:
+            values = np.array([s[name] for s in self.scores])
+            per_prompt = [np.mean([s[name] for s, p in zip(self.scores, self.prompts) if p == q])
+                          for q in dict.fromkeys(self.prompts)]
+            result[name] = round(float(values.mean()), 4)
+            result[f"{name}_std"] = round(float(np.std(per_prompt)), 4)
+        result["images"] = len(self.scores)
+        return result
+
+
+def evaluate(components: SDComponents, prompts: list[str], config: EvalConfig, seed: int) -> Evaluation:
+    """`config.per_prompt` images of every prompt at fixed seeds (prompt i, image j: the same
+    seed for every model), scored."""
+    expanded = [p for p in prompts for _ in range(config.per_prompt)]
+    seeds = [seed * 1_000_003 + 1_000 * i + j for i in range(len(prompts)) for j in range(config.per_prompt)]
+    embeddings = PromptEmbeddingCache(components)
+    parts = []
+    for start in range(0, len(expanded), config.batch_size):
+        stop = start + config.batch_size
+        parts.append(sample_images(components, expanded[start:stop], seeds[start:stop], num_steps=config.steps,
+                                   guidance=config.guidance, eta=config.eta, height=IMAGE_SIZE, width=IMAGE_SIZE,
+                                   embeddings=embeddings).cpu())
+    images = torch.cat(parts)
+    return Evaluation(expanded, images, [score_image(img, p) for img, p in zip(images, expanded)])
+
+
+def evaluate_model(components: SDComponents, subject: str | None, config: DemoConfig) -> dict[str, Evaluation]:
+    """{"train": Evaluation, "heldout": Evaluation} on every scene of each split."""
+    result = {}
+    for split in SPLITS:
+        specs = instruction_specs(split, subject, config.detailed, config.evaluation.prompts_per_split)
+        result[split] = evaluate(components, [format_prompt(s) for s in specs], config.evaluation, config.seed)
+    return result
+
+
+# --- the two training stages -----------------------------------------------------------------
+
+
+def personalize_subject(components: SDComponents, reference_dir: Path, config: DemoConfig, log: Log) -> PersonalizeResult:
+    """DreamBooth LoRA on the reference photos (captions beside them), progress every ~10%."""
+    settings = config.personalize_settings()
+    every = max(1, settings.steps // 10)
+
+    def progress(report: StepReport) -> None:
+        if report.step % every == 0 or report.step == report.total:
+            log(f"personalize step {report.step}/{report.total} loss {report.loss:.4f}")
+
+    return personalize(components, reference_dir, settings, callback=progress)
+
+
+def rl_prompts(detailed: bool) -> RLPrompts:
+    """Training templates: the subject alone on each background and next to every training
+    scene; held-out: next to every held-out scene ("{id} next to two blue triangles on ...")."""
+    head = subject_phrase("identifier")
+
+    def templates(split: str) -> tuple[str, ...]:
+        specs = instruction_specs(split, "identifier", detailed=False)
+        if split == "train":
+            specs = [PromptSpec(background=b, subject="identifier") for b in BACKGROUNDS] + specs
+        return tuple(dict.fromkeys(format_prompt(s).replace(head, "{id}", 1) for s in specs))
+
+    return RLPrompts(templates("train"), subject_of(detailed), templates("heldout"))
+
+
+def instruct(components: SDComponents, lora: Mapping[str, torch.Tensor], reference: torch.Tensor,
+             config: DemoConfig, rl_dir: Path, log: Log) -> RLResult:
+    """InstructBooth's RL stage on top of the personalized LoRA; logs each epoch's rewards."""
+    from .checker import AlignmentReward, subject_fidelity
+
+    settings = config.rl_settings()
+    shown = [0]
+
+    def fidelity(images, prompts, metadata):
+        return torch.tensor([subject_fidelity(img) for img in images])
+
+    def progress(report: StepReport) -> None:
+        shown[0] = log_rl_epochs(rl_dir / "metrics.json", shown[0], settings.epochs, log)
+
+    result = train_rl(components, AlignmentReward(), rl_prompts(config.detailed), settings, callback=progress,
+                      checkpoint_dir=rl_dir, resume=False, base_lora=lora, subject_images=reference,
+                      subject_measure=fidelity)
+    log_rl_epochs(rl_dir / "metrics.json", shown[0], settings.epochs, log)
+    return result
+
+
+def log_rl_epochs(path: Path, shown: int, total: int, log: Log) -> int:
+    """Logs the epochs of metrics.json not logged yet; returns how many are logged now."""
+    if not path.is_file():
+        return shown
+    epochs = json.loads(path.read_text())["epochs"]
+    for entry in epochs[shown:]:
+        groups = " ".join(f"{g} {s['mean']:.3f}" for g, s in entry["reward"].items() if g != "all" and s["count"])
+        fidelity = entry.get("subject_measure")
+        extra = f", subject fidelity {fidelity:.3f}" if fidelity is not None else ""
+        log(f"RL epoch {entry['epoch']}/{total}: reward {groups}{extra} ({entry['time']['total']:.0f} s)")
+    return len(epochs)
+
+
+# --- the whole demo ---------------------------------------------------------------------------
+
+
+class _Clock:
+    """Wall time since the start and per stage; prefixes log lines with the elapsed time."""
+
+    def __init__(self, callback: Log | None):
+        self.start = time.perf_counter()
+        self.stages: dict[str, float] = {}
+        self.callback = callback
+
+    def log(self, message: str) -> None:
+        if self.callback is not None:
+            self.callback(f"[{time.perf_counter() - self.start:6.1f} s] {message}")
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        began = time.perf_counter()
+        yield
+        self.stages[name] = round(time.perf_counter() - began, 2)
+
+    def total(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def run_demo(config: DemoConfig = DemoConfig(), out_dir: str | Path = "instructbooth_demo",
+             callback: Log | None = None) -> DemoReport:
+    """Runs the demo into `out_dir` and writes its report; `callback` gets progress lines.
+
+    out_dir ends up with reference/ (the photos), dreambooth.safetensors and
+    instructbooth.safetensors (LoRA files for ComfyUI's LoraLoader), rl/ (RL checkpoints,
+    metrics.json, reward_curve.png), grid_*.png, demo_metrics.json, report.md, report.html.
+    """
+    from .report import write_report
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    clock = _Clock(callback)
+    with clock.stage("load"):
+        components = load_model(config.weights, config.seed)
+        reference = write_reference(out / "reference", config.reference_images, config.seed, config.detailed)
+    clock.log(f"model loaded ({_weights_name(config.weights)}); {len(reference)} reference photos in {out / 'reference'}")
+    evaluations = {}
+    with clock.stage("evaluate base"):
+        evaluations["base"] = evaluate_model(components, None, config)
+    clock.log("base model: " + _summary_line(evaluations["base"]))
+    with clock.stage("personalize"):
+        dreambooth = personalize_subject(components, out / "reference", config, clock.log)
+    save_lora(out / "dreambooth.safetensors", dreambooth.lora_state, dreambooth.metadata)
+    with clock.stage("evaluate dreambooth"), lora_applied(components, dreambooth.lora_state):
+        evaluations["dreambooth"] = evaluate_model(components, "identifier", config)
+    clock.log("DreamBooth: " + _summary_line(evaluations["dreambooth"]))
+    with clock.stage("rl"):
+        rl = instruct(components, dreambooth.lora_state, reference, config, out / "rl", clock.log)
+    save_lora(out / "instructbooth.safetensors", rl.lora_state, rl.metadata)
+    with clock.stage("evaluate instructbooth"), lora_applied(components, rl.lora_state):
+        evaluations["instructbooth"] = evaluate_model(components, "identifier", config)
+    clock.log("InstructBooth: " + _summary_line(evaluations["instructbooth"]))
+    metrics = demo_metrics(config, evaluations, dreambooth, rl, clock)
+    markdown, html = write_report(out, metrics, evaluations, reference, config.showcase)
+    write_json(out / "demo_metrics.json", metrics)
+    clock.log(f"report written: {markdown} and {html}")
+    return DemoReport(out, metrics, markdown, html, clock.total())
+
+
+def demo_metrics(config: DemoConfig, evaluations: dict[str, dict[str, Evaluation]], dreambooth: PersonalizeResult,
+                 rl: RLResult, clock: _Clock) -> dict:
+    """Everything the report states, as plain JSON data."""
+    models = {name: {split: ev.summary() for split, ev in evals.items()} for name, evals in evaluations.items()}
+    prompts = {name: {split: list(dict.fromkeys(ev.prompts))[:3] for split, ev in evals.items()}
+               for name, evals in evaluations.items()}
+    return {
+        "models": models,
+        "example_prompts": prompts,
+        "personalize": {"steps": dreambooth.steps_done, "loss_first": dreambooth.loss_history[0],
+                        "loss_last": float(np.mean(dreambooth.loss_history[-10:]))},
+        "rl": {"epochs": rl.epochs_done, "stop_reason": rl.stop_reason, "history": rl.metrics},
+        "config": config.to_dict(),
+        "time": {"stages": dict(clock.stages), "total": round(clock.total(), 1)},
+        "machine": machine_record(),
+    }
+
+
+def machine_record() -> dict:
+    """CPU count, torch threads and the load average (the demo's time depends on them)."""
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = None
+    return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "load_average": load}
+
+
+def _weights_name(weights: str | None) -> str:
+    return "shipped weights" if weights is None else str(weights)
+
+
+def _summary_line(evaluations: dict[str, Evaluation]) -> str:
+    parts = []
+    for split, evaluation in evaluations.items():
+        s = evaluation.summary()
+        parts.append(f"{split} alignment {s['alignment']:.3f} fidelity {s['fidelity']:.3f}")
+    return "; ".join(parts)

@@ -1,0 +1,174 @@
+"""The embedded demo pipeline: scores, prompts, LoRA swapping, the report, and a --quick
+run of `instructbooth demo` end to end (untrained weights, seconds)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from instructbooth.cli import main
+from instructbooth.demo import report
+from instructbooth.demo.pipeline import (
+    Evaluation,
+    instruction_specs,
+    load_model,
+    lora_applied,
+    rl_prompts,
+    score_image,
+)
+from instructbooth.demo.prompts import format_prompt, parse_prompt
+from instructbooth.demo.subject import draw_prompt
+from instructbooth.lora import LoraConfig, inject_lora, lora_state_dict, remove_lora
+from instructbooth.sampling import sample_trajectories
+
+SECTIONS = ("## Numbers", "## What it shows", "## The subject's photos", "## Before / after: train prompts",
+            "## Before / after: held-out prompts", "## RL reward curve", "## Settings and time")
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One `instructbooth demo --quick` run on untrained weights: (out folder, stdout)."""
+    out = tmp_path_factory.mktemp("demo")
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = main(["demo", "--quick", "--weights", "random", "--out", str(out), "--threads", "1"])
+    assert code == 0
+    return out, stdout.getvalue()
+
+
+def test_quick_demo_writes_every_file(quick_run):
+    out, _ = quick_run
+    for name in ("report.md", "report.html", "demo_metrics.json", "reference.png", "grid_train.png",
+                 "grid_heldout.png", "dreambooth.safetensors", "instructbooth.safetensors", "rl/metrics.json",
+                 "rl/reward_curve.png", "reference/subject_0.png", "reference/subject_0.txt"):
+        assert (out / name).is_file(), name
+    assert (out / "reference/subject_0.txt").read_text().startswith("sks toy with pink and cyan stripes on a ")
+
+
+def test_quick_demo_prints_progress(quick_run):
+    _, printed = quick_run
+    for text in ("model loaded", "base model:", "personalize step", "DreamBooth:", "RL epoch 1/2", "RL epoch 2/2",
+                 "InstructBooth:", "report written", "instructbooth  heldout"):
+        assert text in printed, text
+
+
+def test_report_has_sections_and_the_metrics_numbers(quick_run):
+    out, _ = quick_run
+    markdown = (out / "report.md").read_text()
+    positions = [markdown.index(s) for s in SECTIONS]
+    assert positions == sorted(positions)
+    metrics = json.loads((out / "demo_metrics.json").read_text())
+    assert table_numbers(markdown) == expected_rows(metrics["models"])
+    html = (out / "report.html").read_text()
+    for row in expected_rows(metrics["models"]):
+        assert "".join(f"<td>{v}</td>" for v in row) in html.replace(" ± ", " ± ")
+    rl = json.loads((out / "rl/metrics.json").read_text())["epochs"]
+    assert metrics["rl"]["history"] == rl and metrics["rl"]["epochs"] == 2
+    assert set(metrics["time"]["stages"]) >= {"personalize", "rl", "evaluate base"}
+
+
+def table_numbers(markdown: str) -> list[list[str]]:
+    """The cells of the Numbers table after the model and prompt columns."""
+    section = markdown.split("## Numbers", 1)[1].split("##", 1)[0]
+    rows = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("| ")][1:]
+    return [[cell.strip() for cell in row[2:]] for row in rows]
+
+
+def expected_rows(models: dict) -> list[list[str]]:
+    rows = []
+    for name in ("base", "dreambooth", "instructbooth"):
+        m = models[name]
+        rows.append([f"{m[s]['alignment']:.3f} ± {m[s]['alignment_std']:.3f}" for s in ("train", "heldout")]
+                    + [f"{m[s]['exact']:.3f}" for s in ("train", "heldout")]
+                    + [f"{m[s]['fidelity']:.3f}" for s in ("train", "heldout")])
+    return rows
+
+
+def test_report_numbers_and_findings_from_real_images(tmp_path):
+    """Ground-truth images stand in for the models: the base gets world scenes right, the
+    'DreamBooth' images show only the subject, the 'InstructBooth' ones show both."""
+    rng = np.random.default_rng(0)
+    evaluations = {}
+    for name, subject, draw_subject, draw_objects in (("base", None, False, True), ("dreambooth", "identifier", True, False),
+                                                      ("instructbooth", "identifier", True, True)):
+        evaluations[name] = {}
+        for split in ("train", "heldout"):
+            specs = instruction_specs(split, subject, detailed=True, limit=3)
+            shown = [spec_without(s, draw_subject, draw_objects) for s in specs]
+            images = torch.stack([torch.from_numpy(draw_prompt(s, rng)) for s in shown])
+            prompts = [format_prompt(s) for s in specs]
+            evaluations[name][split] = Evaluation(prompts, images, [score_image(i, p) for i, p in zip(images, prompts)])
+    models = {n: {s: e.summary() for s, e in splits.items()} for n, splits in evaluations.items()}
+    assert models["base"]["heldout"]["alignment"] == 1.0 and models["instructbooth"]["train"]["fidelity"] > 0.9
+    assert models["dreambooth"]["train"]["alignment"] < 0.5 and models["dreambooth"]["train"]["fidelity"] > 0.9
+    metrics = fake_metrics(models)
+    markdown_path, _ = report.write_report(tmp_path, metrics, evaluations, torch.rand(3, 3, 32, 32), count=2)
+    markdown = markdown_path.read_text()
+    assert table_numbers(markdown) == expected_rows(models)
+    assert "personalization dropped instruction alignment from 1.000" in markdown
+    assert "RL raised it to 1.000" in markdown and "Subject fidelity stayed high" in markdown
+
+
+def spec_without(spec, subject: bool, objects: bool):
+    from dataclasses import replace
+
+    if objects and not subject:
+        return replace(spec, subject=None, detailed=False)
+    if subject and not objects:
+        return replace(spec, count=0, colour=None, shape=None)
+    return spec
+
+
+def fake_metrics(models: dict) -> dict:
+    from instructbooth.demo.pipeline import DemoConfig
+
+    return {"models": models, "config": DemoConfig().to_dict(), "machine": {"cpus": 2, "torch_threads": 1,
+            "load_average": [1.0, 1.0, 1.0]}, "time": {"stages": {"rl": 1.0}, "total": 2.0}}
+
+
+def test_score_image_reads_ground_truth():
+    spec = parse_prompt("sks toy with pink and cyan stripes next to two blue triangles on a gray background")
+    image = torch.from_numpy(draw_prompt(spec, np.random.default_rng(1)))
+    scores = score_image(image, format_prompt(spec))
+    assert scores["alignment"] == scores["exact"] == scores["reward"] == scores["subject"] == 1.0
+    world_only = score_image(image, "two blue triangles on a gray background")
+    assert world_only["alignment"] == 1.0  # the subject is not a world object
+
+
+def test_prompt_sets():
+    assert len(instruction_specs("train", None, False)) == 72 and len(instruction_specs("heldout", "identifier", True)) == 36
+    assert len(instruction_specs("heldout", None, False, limit=4)) == 4
+    prompts = rl_prompts(detailed=True)
+    assert len(prompts.templates) == 75 and len(prompts.heldout) == 36
+    drawn = prompts.draw(40, 0.5, torch.Generator().manual_seed(0))
+    for item in drawn + prompts.heldout_prompts():
+        spec = parse_prompt(item.text)
+        assert spec.detailed and spec.subject == ("class" if item.group == "plain" else "identifier")
+
+
+def test_lora_applied_restores_the_weights_exactly():
+    components = load_model("random")
+    before = {k: v.clone() for k, v in components.unet.state_dict().items()}
+    inject_lora(components, LoraConfig(rank=2), seed=0)
+    for p in components.unet.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p)
+    state = lora_state_dict(components)
+    remove_lora(components)
+    with lora_applied(components, state):
+        assert not torch.equal(components.unet.state_dict()["conv_in.weight"], before["conv_in.weight"]) or any(
+            not torch.equal(v, before[k]) for k, v in components.unet.state_dict().items())
+    assert all(torch.equal(v, before[k]) for k, v in components.unet.state_dict().items())
+
+
+def test_every_sampler_step_has_a_finite_log_probability():
+    components = load_model("random")
+    trajectories = sample_trajectories(components, ["sks toy on a white background"], [0], num_steps=4, guidance=2.0,
+                                       height=32, width=32)
+    assert torch.isfinite(trajectories.log_probs).all()
