@@ -33,6 +33,7 @@ from .subject_data import Examples, ImageSource, cache_examples, caption_prompt,
 from .subject_data import fill_prompt, fit_square, instance_prompt, load_subject_images, tensor_to_pil
 from .training import CheckpointStore, Precision, StepCallback, StepReport, config_mismatch, gradient_checkpointing
 from .training import capture_rng, notify, require_finite, restore_rng
+from .objectives import denoising_target
 
 # Config fields a resumed run may change (everything else must match the checkpoint).
 RESUMABLE_CHANGES = ("steps", "checkpoint_every", "keep_checkpoints", "validation_prompts", "validation_every",
@@ -133,16 +134,6 @@ def dreambooth_loss(pred: torch.Tensor, target: torch.Tensor, num_instance: int,
     has_prior = pred.shape[0] > num_instance
     prior = F.mse_loss(pred[num_instance:], target[num_instance:]) if has_prior else instance.new_zeros(())
     return LossParts(instance + prior_weight * prior, instance, prior)
-
-
-def denoising_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-    """What the UNet should predict: the noise (SD1.5) or the velocity (v-prediction models)."""
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        return noise
-    if kind == "v_prediction":
-        return scheduler.get_velocity(latents, noise, timesteps)
-    raise ValueError(f"prediction type {kind!r} is not supported; use an epsilon or v-prediction model")
 
 
 def learning_rate_at(step: int, config: PersonalizeConfig) -> float:

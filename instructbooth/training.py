@@ -18,6 +18,7 @@ Nothing here knows about diffusion. A trainer keeps its own loop and calls:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import re
 from dataclasses import dataclass
@@ -158,6 +159,18 @@ class CheckpointStore:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # a truncated or foreign file
             raise ValueError(f"cannot read training checkpoint {path}: {error}; delete it to start over") from error
+
+
+def state_fingerprint(state: Mapping[str, torch.Tensor] | None) -> str:
+    """sha256 of a tensor dict's names and float32 values ("" for None or empty): tells
+    whether a resumed run starts from the same LoRA / weights as the interrupted one."""
+    if not state:
+        return ""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        digest.update(key.encode())
+        digest.update(state[key].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def config_mismatch(saved: Mapping[str, Any], current: Mapping[str, Any], may_differ: Iterable[str] = ()) -> list[str]:

@@ -11,7 +11,7 @@ from ..instructbooth.preference.dpo import DPOConfig, PairData, save_result, tra
 from ..instructbooth.preference.pairs import CROSS_MODES, PairConfig, PairStore, build_pairs
 from ..instructbooth.preference.taxonomy import Taxonomy
 from ..instructbooth.prompts import Subject
-from ..instructbooth.rl.policy import state_fingerprint
+from ..instructbooth.training import state_fingerprint
 from . import bridge
 from .reward_nodes import IMAGE_REWARD
 from .runs import RunFolder, fingerprint_tensors, run_key, without

@@ -16,7 +16,7 @@ from ..instructbooth.prompts import (
 )
 from ..instructbooth.rl.config import RLConfig
 from ..instructbooth.rl.metrics import draw_reward_curve
-from ..instructbooth.rl.policy import state_fingerprint
+from ..instructbooth.training import state_fingerprint
 from ..instructbooth.rl.trainer import train_rl
 from . import bridge
 from .reward_nodes import IMAGE_REWARD

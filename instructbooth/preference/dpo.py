@@ -35,7 +35,9 @@ from ..sampling import PromptEmbeddingCache
 from ..training import CheckpointStore, Precision, StepCallback, StepReport, capture_rng, config_mismatch
 from ..training import gradient_checkpointing, notify, require_finite, restore_rng
 from .dpo_loss import denoising_errors, diffusion_dpo_loss, implicit_accuracy
-from .pairs import KINDS, PairStore, PreferencePair, derive_seed, lora_merged, state_fingerprint
+from ..training import state_fingerprint
+from .pairs import KINDS, PairStore, PreferencePair, derive_seed, lora_merged
+from ..objectives import denoising_target
 
 State = dict[str, torch.Tensor]
 
@@ -364,16 +366,6 @@ def pair_errors(ctx: _Context, rows: torch.Tensor, noise: torch.Tensor, timestep
     with torch.no_grad(), lora_disabled(ctx.components), ctx.precision.autocast():
         frozen = denoising_errors(unet(inputs, t2, encoder_hidden_states=embeds).sample, target)
     return model[:m], model[m:], frozen[:m], frozen[m:]
-
-
-def denoising_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-    """What the UNet predicts: the noise (SD1.5) or the velocity (v-prediction models)."""
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        return noise
-    if kind == "v_prediction":
-        return scheduler.get_velocity(latents, noise, timesteps)
-    raise ValueError(f"prediction type {kind!r} is not supported; use an epsilon or v-prediction model")
 
 
 @torch.no_grad()

@@ -40,7 +40,7 @@ from ..files import atomic_write, write_json, write_text
 from ..lora import apply_lora
 from ..prompts import Subject
 from ..sampling import PromptEmbeddingCache, sample_images
-from ..training import notify
+from ..training import notify, state_fingerprint
 from .taxonomy import PromptPair, PromptSpec, Taxonomy
 
 FORMAT = 1  # manifest format version
@@ -396,17 +396,6 @@ def build_pairs(
                 stopped = index + 1 < len(prompts)
                 break
     return _result(store, manifest, config, stopped)
-
-
-def state_fingerprint(state: Mapping[str, torch.Tensor] | None) -> str:
-    """sha256 of a tensor dict's names and float32 values ("" for None or empty)."""
-    if not state:
-        return ""
-    digest = hashlib.sha256()
-    for key in sorted(state):
-        digest.update(key.encode())
-        digest.update(state[key].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def model_fingerprint(components: SDComponents, base_lora: Mapping[str, torch.Tensor] | None) -> str:

@@ -13,7 +13,6 @@ personalized one: the frozen reference of the KL guard.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping
 
@@ -143,14 +142,3 @@ def _target_of(name: str, suffixes: dict[str, tuple[str, ...]]) -> tuple[str, st
         if name.endswith("_" + suffix.replace(".", "_")):
             return part, suffix
     raise LoraError(f"cannot continue training {name}: not a layer kind this trainer injects LoRA into")
-
-
-def state_fingerprint(state: Mapping[str, torch.Tensor] | None) -> str:
-    """sha256 of a LoRA state's names and values (to refuse resuming on another base LoRA)."""
-    if not state:
-        return ""
-    digest = hashlib.sha256()
-    for key in sorted(state):
-        digest.update(key.encode())
-        digest.update(state[key].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return digest.hexdigest()

@@ -38,6 +38,7 @@ from ..training import (
     notify,
     require_finite,
     restore_rng,
+    state_fingerprint,
 )
 from .advantages import PerPromptStatTracker, batch_normalize, clip_advantages, group_normalize
 from .collect import EpochSamples, collect_samples, evaluate_heldout
@@ -45,7 +46,7 @@ from .config import RESUMABLE_CHANGES, RLConfig
 from .context import RunContext, generator_for
 from .distributed import Processes
 from .metrics import group_stats, summarize, write_metrics
-from .policy import Policy, State, state_fingerprint
+from .policy import Policy, State
 from .rwr import reward_weights
 from .updates import StepStats, ddpo_update, rwr_update
 

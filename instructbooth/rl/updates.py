@@ -14,6 +14,7 @@ from ..sampling import Trajectories, ddim_step, gaussian_log_prob, guided_noise_
 from .context import RunContext, generator_for
 from .ddpo import ddpo_loss, gaussian_step_kl
 from .rwr import rwr_loss
+from ..objectives import denoising_target
 
 
 @dataclass
@@ -76,16 +77,6 @@ def _kl_penalty(ctx, step, x_t, timesteps, embeds, uncond, rows: torch.Tensor) -
                                prev_sample=step.prev_sample[rows]).mean
     kl = gaussian_step_kl(step.mean[rows], reference_mean, step.std[rows])  # [k]
     return kl.sum() / len(rows)
-
-
-def denoising_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-    """What the UNet learns to predict: the noise (SD1.5) or the velocity (v-prediction)."""
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        return noise
-    if kind == "v_prediction":
-        return scheduler.get_velocity(latents, noise, timesteps)
-    raise ValueError(f"prediction type {kind!r} is not supported; use an epsilon or v-prediction model")
 
 
 def noised(ctx: RunContext, latents: torch.Tensor, generator: torch.Generator):
