@@ -316,7 +316,7 @@ def load_demo_components(folder: str | Path | None = None, dtype: torch.dtype = 
     components = build_demo_components(config)
     components.tokenizer = WordTokenizer(card["vocabulary"], config.max_length)
     _load_strict(components, load_file(str(path)))
-    return components.to(dtype=dtype)
+    return components if dtype == torch.float32 else components.to(dtype=dtype)
 
 
 def _load_strict(components: SDComponents, state: dict[str, torch.Tensor]) -> None:

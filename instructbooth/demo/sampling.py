@@ -1,7 +1,8 @@
-"""Sampling images from the demo model: stochastic DDIM (eta 1) with classifier-free guidance.
+"""Sampling images from the demo model: stochastic DDIM (eta 1), optional classifier-free guidance.
 
-Deterministic DDIM (eta 0) gives washed-out images with this tiny pixel-space model;
-eta 1 (the ancestral DDPM step on a strided schedule, as DDPO samples) works.
+Eta 1 is the ancestral DDPM step on a strided schedule, as DDPO samples. Measured on the
+shipped model (one image per caption): guidance 1 and 1.5 score alike, 2 and more
+oversaturate (v-prediction with zero terminal SNR); 25 steps score like 50.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ class SamplerConfig:
     """How demo images are sampled."""
 
     steps: int = 50  # denoising steps
-    guidance: float = 4.0  # classifier-free guidance scale (1 = no guidance)
+    guidance: float = 1.0  # classifier-free guidance scale (1 = none: one UNet call per step)
     eta: float = 1.0  # DDIM noise: 1 = ancestral (stochastic), 0 = deterministic
     batch_size: int = 64  # prompts per UNet call (the call itself is twice this with guidance)
 
