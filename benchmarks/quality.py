@@ -103,7 +103,7 @@ def run_seed(components, seed: int, weights: str | None, work: Path, done: dict,
             record("base", evaluate_model(components, None, config), time.perf_counter() - began)
         if not missing(*names):
             continue
-        reference = write_reference(folder / "reference", config.reference_images, seed, detailed)
+        reference = write_reference(folder / "reference", config.reference_images, seed, detailed, config.layout)
         began = time.perf_counter()
         lora = personalize_subject(components, folder / "reference", config, lambda m: None).lora_state
         with lora_applied(components, lora):

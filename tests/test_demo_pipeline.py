@@ -16,6 +16,8 @@ from instructbooth.cli import main
 from instructbooth.demo import report
 from instructbooth.demo.pipeline import (
     Evaluation,
+    canonical_prompt,
+    layout_prompt,
     instruction_specs,
     load_model,
     lora_applied,
@@ -48,7 +50,8 @@ def test_quick_demo_writes_every_file(quick_run):
                  "grid_heldout.png", "dreambooth.safetensors", "instructbooth.safetensors", "rl/metrics.json",
                  "rl/reward_curve.png", "reference/subject_0.png", "reference/subject_0.txt"):
         assert (out / name).is_file(), name
-    assert (out / "reference/subject_0.txt").read_text().startswith("sks toy with pink and cyan stripes on a ")
+    caption = (out / "reference/subject_0.txt").read_text().strip()
+    assert caption.startswith("on a ") and caption.endswith(" background next to sks toy with pink and cyan stripes")
 
 
 def test_quick_demo_prints_progress(quick_run):
@@ -111,8 +114,9 @@ def test_report_numbers_and_findings_from_real_images(tmp_path):
     markdown_path, _ = report.write_report(tmp_path, metrics, evaluations, torch.rand(3, 3, 32, 32), count=2)
     markdown = markdown_path.read_text()
     assert table_numbers(markdown) == expected_rows(models)
-    assert "personalization dropped instruction alignment from 1.000" in markdown
-    assert "RL raised it to 1.000" in markdown and "Subject fidelity stayed high" in markdown
+    base, db, ib = (models[m]["train"]["alignment"] for m in ("base", "dreambooth", "instructbooth"))
+    assert f"instruction alignment dropped by {base - db:.3f} with personalization, from {base:.3f}" in markdown
+    assert f"RL raised it by {ib - db:.3f}, to {ib:.3f}" in markdown and "(kept)" in markdown
 
 
 def spec_without(spec, subject: bool, objects: bool):
@@ -141,15 +145,28 @@ def test_score_image_reads_ground_truth():
     assert world_only["alignment"] == 1.0  # the subject is not a world object
 
 
+def test_layouts_round_trip():
+    for text in ("sks toy with pink and cyan stripes next to two blue triangles on a gray background",
+                 "a toy next to one red circle on a white background", "sks toy on a black background"):
+        spec = parse_prompt(text)
+        after = layout_prompt(spec, "after")
+        assert layout_prompt(spec, "before") == text and canonical_prompt(after) == text
+    assert layout_prompt(parse_prompt("sks toy on a black background"), "after") == "on a black background next to sks toy"
+    assert canonical_prompt("two red circles on a black background next to sks toy, with pink and cyan stripes") == (
+        "sks toy with pink and cyan stripes next to two red circles on a black background")
+    with pytest.raises(ValueError, match="layout"):
+        layout_prompt(parse_prompt(text), "middle")
+
+
 def test_prompt_sets():
     assert len(instruction_specs("train", None, False)) == 72 and len(instruction_specs("heldout", "identifier", True)) == 36
     assert len(instruction_specs("heldout", None, False, limit=4)) == 4
     prompts = rl_prompts(detailed=True)
     assert len(prompts.templates) == 75 and len(prompts.heldout) == 36
-    drawn = prompts.draw(40, 0.5, torch.Generator().manual_seed(0))
+    drawn = prompts.draw(40, 0.5, torch.Generator().manual_seed(0), describe=True)
     for item in drawn + prompts.heldout_prompts():
-        spec = parse_prompt(item.text)
-        assert spec.detailed and spec.subject == ("class" if item.group == "plain" else "identifier")
+        spec = parse_prompt(canonical_prompt(item.text))
+        assert spec.subject == ("class" if item.group == "plain" else "identifier")
 
 
 def test_lora_applied_restores_the_weights_exactly():

@@ -39,18 +39,18 @@ from PIL import Image
 
 from ..components import SDComponents
 from ..files import write_json
-from ..lora import apply_lora, save_lora
+from ..lora import UNET_ATTENTION_TARGETS, UNET_EXTRA_TARGETS, apply_lora, save_lora
 from ..personalize import PersonalizeConfig, PersonalizeResult, personalize
 from ..prompts import RLPrompts, Subject
 from ..rl.config import RLConfig
 from ..rl.trainer import RLResult, train_rl
 from ..sampling import PromptEmbeddingCache, sample_images
 from ..training import StepReport
-from .checker import CheckerConfig, check, read_image
+from .checker import AlignmentReward, CheckerConfig, check, read_image
 from .model import DemoModelConfig, build_demo_components, load_demo_components
 from .prompts import CLASS_NOUN, DESCRIPTION, IDENTIFIER, PromptSpec, format_prompt, parse_prompt, subject_phrase
 from .subject import reference_images
-from .world import BACKGROUNDS, IMAGE_SIZE, scenes
+from .world import BACKGROUNDS, IMAGE_SIZE, background_phrase, parse_caption, scenes
 
 Log = Callable[[str], None]
 MODELS = ("base", "dreambooth", "instructbooth")
@@ -65,20 +65,26 @@ RANDOM_WEIGHTS = "random"  # DemoConfig.weights value for an untrained model (pl
 class EvalConfig:
     """How the models are scored: images per prompt, sampled like RL samples them."""
 
-    steps: int = 20  # stochastic DDIM steps per image
-    guidance: float = 4.0  # classifier-free guidance scale
+    steps: int = 10  # stochastic DDIM steps per image (as RL samples)
+    guidance: float = 2.0  # classifier-free guidance scale (the demo model's best; 4 breaks it)
     eta: float = 1.0  # DDIM noise (1 = ancestral; 0 gives washed-out images with this model)
     per_prompt: int = 2  # images per prompt (fixed seeds, the same for every model)
     prompts_per_split: int | None = None  # evenly spaced subset of the scenes; None = all (72 / 36)
     batch_size: int = 64  # images per sampling call
 
 
+# Every Linear and Conv2d of the UNet. Attention alone (SD1.5's usual LoRA) cannot learn the
+# striped subject here: the demo UNet has no attention at 16x16, where the stripes live.
+ALL_UNET_LAYERS = UNET_ATTENTION_TARGETS + UNET_EXTRA_TARGETS + (
+    "conv1", "conv2", "conv_shortcut", "conv_in", "conv_out", "conv", "time_emb_proj")
+
 DEMO_PERSONALIZE = PersonalizeConfig(
     identifier=IDENTIFIER,
     class_noun=CLASS_NOUN,
     use_captions=True,  # each reference PNG has its caption beside it
-    rank=8,
-    alpha=8.0,
+    rank=16,
+    alpha=16.0,
+    unet_targets=ALL_UNET_LAYERS,
     steps=300,
     batch_size=6,
     learning_rate=1e-3,
@@ -88,20 +94,20 @@ DEMO_PERSONALIZE = PersonalizeConfig(
 )
 
 DEMO_RL = RLConfig(
-    method="ddpo",
-    sample_steps=20,
+    method="ddpo",  # InstructBooth's policy gradient
+    sample_steps=10,  # 10 stochastic DDIM steps score like 20 with this model (0.70 vs 0.72 alignment)
     eta=1.0,
-    guidance=4.0,
+    guidance=2.0,
     height=IMAGE_SIZE,
     width=IMAGE_SIZE,
     sample_batch_size=32,
-    sample_batches=2,
-    epochs=20,
-    train_batch_size=32,
+    sample_batches=2,  # 64 samples per epoch
+    epochs=25,
+    train_batch_size=16,  # 4 optimizer steps per epoch
     timestep_fraction=0.5,
-    clip_range=1e-3,
-    advantage="batch",
-    learning_rate=1e-3,
+    clip_range=1e-2,
+    advantage="batch",  # 150 prompts (75 templates x 2 kinds) rarely repeat within an epoch
+    learning_rate=3e-3,
     lora_rank=4,
     lora_alpha=4.0,
     identifier_ratio=0.5,
@@ -118,6 +124,7 @@ class DemoConfig:
     seed: int = 0  # reference photos, LoRA inits, training noise, evaluation seeds
     reference_images: int = 6  # the subject's photos (cycling through the 3 backgrounds)
     detailed: bool = True  # the detailed description ("with pink and cyan stripes") in every subject prompt
+    layout: str = "after"  # where subject prompts name the subject: "after" the scene or "before" it (see LAYOUTS)
     personalize: PersonalizeConfig = DEMO_PERSONALIZE  # stage 1 (description and seed are filled in)
     rl: RLConfig = DEMO_RL  # stage 2 (seed is filled in)
     evaluation: EvalConfig = EvalConfig()
@@ -130,10 +137,13 @@ class DemoConfig:
         return replace(self.personalize, seed=self.seed, description=DESCRIPTION if self.detailed else "")
 
     def rl_settings(self) -> RLConfig:
-        return replace(self.rl, seed=self.seed)
+        """The RL config as run: this seed; in the "after" layout the description goes on the
+        identifier prompts only (RLConfig.use_description), as a comma-separated tail."""
+        return replace(self.rl, seed=self.seed, use_description=self.detailed and self.layout == "after")
 
     def to_dict(self) -> dict:
         return {"seed": self.seed, "reference_images": self.reference_images, "detailed": self.detailed,
+                "layout": self.layout,
                 "personalize": self.personalize_settings().to_dict(), "rl": self.rl_settings().to_dict(),
                 "evaluation": asdict(self.evaluation), "showcase": self.showcase, "weights": self.weights}
 
@@ -175,15 +185,18 @@ def load_model(weights: str | Path | None = None, seed: int = 0) -> SDComponents
 
 
 def stochastic_last_step(components: SDComponents) -> SDComponents:
-    """Gives the components a DDIM scheduler whose last step still adds noise.
+    """Gives the components the DDIM scheduler RL needs: every step stochastic, no x0 clamp.
 
-    The demo model's schedule uses "trailing" spacing, so a sampler's last step goes from
-    t = 1000/S - 1 to "t = -1", where DDIM's default (`set_alpha_to_one`) makes the step
-    deterministic: its standard deviation is 0 and DDPO's log-probability of it is NaN.
-    With `set_alpha_to_one=False` the step ends at alpha-bar of t = 0 (0.99915), as
-    SD1.5's does. Training reads the same betas, so nothing else changes."""
+    - The demo model's schedule uses "trailing" spacing, so a sampler's last step goes from
+      t = 1000/S - 1 to "t = -1", where DDIM's default (`set_alpha_to_one`) makes the step
+      deterministic: its standard deviation is 0 and DDPO's log-probability of it is NaN.
+      `set_alpha_to_one=False` ends it at alpha-bar of t = 0 (0.99915), as SD1.5's does.
+    - `clip_sample` clamps the predicted x0 to [-1, 1]; early in sampling 20-60% of it is
+      clamped, which zeroes the policy gradient there. Samples score the same without it
+      (alignment 0.70 vs 0.71 at 10 steps, measured), so it is off.
+    Training reads the same betas, so nothing else changes."""
     config = dict(components.scheduler.config)
-    components.scheduler = DDIMScheduler.from_config(config, set_alpha_to_one=False)
+    components.scheduler = DDIMScheduler.from_config(config, set_alpha_to_one=False, clip_sample=False)
     return components
 
 
@@ -204,15 +217,20 @@ def _from_pretraining_checkpoint(path: Path, model: DemoModelConfig = DemoModelC
     return components
 
 
-def subject_of(detailed: bool) -> Subject:
-    """The RL subject. The description goes into the class phrase, where the demo grammar
-    has it: "sks toy with pink and cyan stripes next to ..."."""
+def subject_of(detailed: bool, layout: str = "after") -> Subject:
+    """The RL subject. "after": the description rides on identifier prompts only ("... next to
+    sks toy, with pink and cyan stripes"; plain prompts end "next to a toy"). "before": it goes
+    into the class phrase, where demo/prompts.py's grammar has it ("sks toy with pink and cyan
+    stripes next to ...", "a toy with pink and cyan stripes next to ...")."""
+    if layout == "after":
+        return Subject(IDENTIFIER, CLASS_NOUN, DESCRIPTION if detailed else "")
     return Subject(IDENTIFIER, f"{CLASS_NOUN} {DESCRIPTION}" if detailed else CLASS_NOUN)
 
 
-def write_reference(folder: Path, count: int, seed: int, detailed: bool) -> torch.Tensor:
-    """The subject's photos as PNGs with caption templates beside them; returns [N, 3, 32, 32]."""
+def write_reference(folder: Path, count: int, seed: int, detailed: bool, layout: str = "after") -> torch.Tensor:
+    """The subject's photos as PNGs with their captions beside them; returns [N, 3, 32, 32]."""
     images, captions = reference_images(count, seed, detailed)
+    captions = [layout_prompt(parse_prompt(c), layout) for c in captions]
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("subject_*"):
         old.unlink()
@@ -244,7 +262,55 @@ def lora_applied(components: SDComponents, state: Mapping[str, torch.Tensor] | N
             module.load_state_dict(weights)
 
 
-# --- prompts and scores -----------------------------------------------------------------------
+# --- prompts: where the subject goes, and scores -----------------------------------------------
+
+# "before" is the grammar of demo/prompts.py: "sks toy next to two red circles on a black background".
+# "after" names the subject after the scene: "two red circles on a black background next to sks toy".
+# The demo model's text encoder reads a word well only at the position pretraining put it
+# (captions always start with the count word): one word in front of a caption drops the base
+# model's background accuracy from 1.0 to about 0.5, the 9 words of the detailed subject
+# phrase to chance, and RL then never sees a sample with the asked-for objects to learn from.
+# Under the causal text encoder, words after the caption leave its tokens as they were.
+LAYOUTS = ("after", "before")
+
+
+def layout_prompt(spec: PromptSpec, layout: str) -> str:
+    """A subject prompt in a layout; world captions and "before" are demo/prompts.py's form."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown prompt layout {layout!r}; expected one of {LAYOUTS}")
+    if layout == "before" or spec.subject is None:
+        return format_prompt(spec)
+    scene = spec.scene.caption() if spec.scene is not None else f"on {background_phrase(spec.background)}"
+    return f"{scene} next to {subject_phrase(spec.subject, spec.detailed)}"
+
+
+def canonical_prompt(prompt: str) -> str:
+    """The demo/prompts.py form of a prompt in either layout (what the checker parses)."""
+    head, sep, tail = " ".join(prompt.lower().replace(",", " ").split()).rpartition(" next to ")
+    kinds = [(k, d) for k in ("identifier", "class") for d in (True, False) if tail == subject_phrase(k, d)]
+    if not sep or not kinds:
+        return prompt
+    (kind, detailed), words = kinds[0], head.split()
+    if head.startswith("on a ") and len(words) == 4:
+        return format_prompt(PromptSpec(background=words[2], subject=kind, detailed=detailed))
+    scene = parse_caption(head)
+    return format_prompt(PromptSpec(scene.background, scene.count, scene.colour, scene.shape, kind, detailed))
+
+
+class DemoReward(AlignmentReward):
+    """The exact alignment reward (checker.py) for prompts in either layout."""
+
+    name = "demo_alignment"
+
+    def __call__(self, images: torch.Tensor, prompts: list[str], metadata: list[dict] | None = None) -> torch.Tensor:
+        return super().__call__(images, [canonical_prompt(p) for p in prompts], metadata)
+
+
+
+def instruction_prompts(split: str, subject: str | None, config: "DemoConfig") -> list[str]:
+    """The split's scenes (evenly spaced subset per config.evaluation) as prompts."""
+    specs = instruction_specs(split, subject, config.detailed, config.evaluation.prompts_per_split)
+    return [layout_prompt(s, config.layout) for s in specs]
 
 
 def instruction_specs(split: str, subject: str | None, detailed: bool, limit: int | None = None) -> list[PromptSpec]:
@@ -262,7 +328,7 @@ def score_image(image: torch.Tensor, prompt: str, config: CheckerConfig = Checke
     fidelity (subject likeness), subject (fidelity at the checker's threshold), reward
     (the RL reward: the share of all the prompt's attributes, subject included)."""
     reading = read_image(image, config)
-    result = check(reading, parse_prompt(prompt), config)
+    result = check(reading, parse_prompt(canonical_prompt(prompt)), config)
     instruction = [ok for name, ok in result.items() if name != "subject"]
     return {
         "alignment": float(np.mean(instruction)),
@@ -313,11 +379,8 @@ def evaluate(components: SDComponents, prompts: list[str], config: EvalConfig, s
 
 def evaluate_model(components: SDComponents, subject: str | None, config: DemoConfig) -> dict[str, Evaluation]:
     """{"train": Evaluation, "heldout": Evaluation} on every scene of each split."""
-    result = {}
-    for split in SPLITS:
-        specs = instruction_specs(split, subject, config.detailed, config.evaluation.prompts_per_split)
-        result[split] = evaluate(components, [format_prompt(s) for s in specs], config.evaluation, config.seed)
-    return result
+    return {split: evaluate(components, instruction_prompts(split, subject, config), config.evaluation, config.seed)
+            for split in SPLITS}
 
 
 # --- the two training stages -----------------------------------------------------------------
@@ -335,24 +398,24 @@ def personalize_subject(components: SDComponents, reference_dir: Path, config: D
     return personalize(components, reference_dir, settings, callback=progress)
 
 
-def rl_prompts(detailed: bool) -> RLPrompts:
+def rl_prompts(detailed: bool, layout: str = "after") -> RLPrompts:
     """Training templates: the subject alone on each background and next to every training
-    scene; held-out: next to every held-out scene ("{id} next to two blue triangles on ...")."""
+    scene; held-out: next to every held-out scene ("two blue triangles on ... next to {id}")."""
     head = subject_phrase("identifier")
 
     def templates(split: str) -> tuple[str, ...]:
         specs = instruction_specs(split, "identifier", detailed=False)
         if split == "train":
             specs = [PromptSpec(background=b, subject="identifier") for b in BACKGROUNDS] + specs
-        return tuple(dict.fromkeys(format_prompt(s).replace(head, "{id}", 1) for s in specs))
+        return tuple(dict.fromkeys(layout_prompt(s, layout).replace(head, "{id}", 1) for s in specs))
 
-    return RLPrompts(templates("train"), subject_of(detailed), templates("heldout"))
+    return RLPrompts(templates("train"), subject_of(detailed, layout), templates("heldout"))
 
 
 def instruct(components: SDComponents, lora: Mapping[str, torch.Tensor], reference: torch.Tensor,
              config: DemoConfig, rl_dir: Path, log: Log) -> RLResult:
     """InstructBooth's RL stage on top of the personalized LoRA; logs each epoch's rewards."""
-    from .checker import AlignmentReward, subject_fidelity
+    from .checker import subject_fidelity
 
     settings = config.rl_settings()
     shown = [0]
@@ -363,7 +426,7 @@ def instruct(components: SDComponents, lora: Mapping[str, torch.Tensor], referen
     def progress(report: StepReport) -> None:
         shown[0] = log_rl_epochs(rl_dir / "metrics.json", shown[0], settings.epochs, log)
 
-    result = train_rl(components, AlignmentReward(), rl_prompts(config.detailed), settings, callback=progress,
+    result = train_rl(components, DemoReward(), rl_prompts(config.detailed, config.layout), settings, callback=progress,
                       checkpoint_dir=rl_dir, resume=False, base_lora=lora, subject_images=reference,
                       subject_measure=fidelity)
     log_rl_epochs(rl_dir / "metrics.json", shown[0], settings.epochs, log)
@@ -423,7 +486,8 @@ def run_demo(config: DemoConfig = DemoConfig(), out_dir: str | Path = "instructb
     clock = _Clock(callback)
     with clock.stage("load"):
         components = load_model(config.weights, config.seed)
-        reference = write_reference(out / "reference", config.reference_images, config.seed, config.detailed)
+        reference = write_reference(out / "reference", config.reference_images, config.seed, config.detailed,
+                                    config.layout)
     clock.log(f"model loaded ({_weights_name(config.weights)}); {len(reference)} reference photos in {out / 'reference'}")
     evaluations = {}
     with clock.stage("evaluate base"):

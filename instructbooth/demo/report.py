@@ -114,14 +114,17 @@ def findings(models: dict) -> list[str]:
     lines = []
     for split, label in SPLIT_NAMES.items():
         base, db, ib = (models[m][split] for m in MODEL_NAMES)
-        change = "dropped" if db["alignment"] < base["alignment"] else "did not drop"
-        repair = "raised" if ib["alignment"] > db["alignment"] else "did not raise"
-        kept = "stayed high" if ib["fidelity"] >= 0.8 * db["fidelity"] else "fell"
+        drop = base["alignment"] - db["alignment"]
+        overfit = f"dropped by {drop:.3f}" if drop > 0 else f"did not drop ({-drop:+.3f})"
+        gain = ib["alignment"] - db["alignment"]
+        repair = f"raised it by {gain:.3f}" if gain > 0 else f"did not raise it ({gain:+.3f})"
+        kept = "kept" if ib["fidelity"] >= 0.8 * db["fidelity"] else "lost"
         lines.append(
-            f"{label.capitalize()} prompts: personalization {change} instruction alignment from "
-            f"{base['alignment']:.3f} (base model, prompts without the identifier) to {db['alignment']:.3f} "
-            f"(DreamBooth, the same instructions with the identifier); RL {repair} it to {ib['alignment']:.3f}. "
-            f"Subject fidelity {kept}: {db['fidelity']:.3f} after DreamBooth, {ib['fidelity']:.3f} after InstructBooth."
+            f"{label.capitalize()} prompts: instruction alignment {overfit} with personalization, from "
+            f"{base['alignment']:.3f} (base model, instructions without the subject) to {db['alignment']:.3f} "
+            f"(DreamBooth, the same instructions with the identifier); RL {repair}, to {ib['alignment']:.3f}. "
+            f"Subject fidelity: {db['fidelity']:.3f} after DreamBooth, {ib['fidelity']:.3f} after InstructBooth "
+            f"({kept})."
         )
     return lines
 
@@ -139,7 +142,7 @@ def report_blocks(metrics: dict, grids: dict[str, list[str]], reference_count: i
                    "subject fidelity: likeness of the striped diamond (0-1). Means over "
                    f"{models['base']['train']['images']} training and {models['base']['heldout']['images']} held-out "
                    "images; ± is the spread (std) of the per-prompt means. Held-out prompts use colour-shape pairs "
-                   "the model never saw in pretraining, personalization or RL."),
+                   "the model never saw in pretraining, personalization or RL." + layout_note(config)),
         Block("h2", "Numbers"),
         numbers_table(models),
         Block("h2", "What it shows"),
@@ -173,6 +176,13 @@ def report_blocks(metrics: dict, grids: dict[str, list[str]], reference_count: i
         )),
     ]
     return blocks
+
+
+def layout_note(config: dict) -> str:
+    if config.get("layout") != "after":
+        return ""
+    return (" Subject prompts name the subject after the scene (\"two red circles on a black background next to "
+            "sks toy ...\"): the demo model reads a caption's words well only at the positions pretraining put them.")
 
 
 def machine_line(machine: dict) -> str:
