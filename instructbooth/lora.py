@@ -25,7 +25,8 @@ from .lora_keys import ALPHA, DOWN, UP, LoraError, few_names, group_by_module, k
 from .lora_keys import text_module_name, unet_module_name
 
 __all__ = [
-    "TEXT_ATTENTION_TARGETS", "TEXT_MLP_TARGETS", "UNET_ATTENTION_TARGETS", "UNET_EXTRA_TARGETS",
+    "TEXT_ATTENTION_TARGETS", "TEXT_MLP_TARGETS", "UNET_ALL_TARGETS", "UNET_ATTENTION_TARGETS", "UNET_EXTRA_TARGETS",
+    "UNET_RESNET_TARGETS",
     "LoraConfig", "LoraError", "LoraLinear", "LoraMetadata", "apply_lora", "find_unknown_modules", "inject_lora",
     "load_lora", "load_lora_state", "lora_disabled", "lora_parameters", "lora_state_dict", "merge_lora_states",
     "read_lora_metadata", "remove_lora", "save_lora",
@@ -33,6 +34,10 @@ __all__ = [
 
 UNET_ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 UNET_EXTRA_TARGETS = ("proj_in", "proj_out", "ff.net.0.proj", "ff.net.2")
+# The rest of the UNet: ResNet convolutions and time projections, the in/out convolutions and
+# the down/up-sampling convolutions ("conv").
+UNET_RESNET_TARGETS = ("conv1", "conv2", "conv_shortcut", "time_emb_proj", "conv_in", "conv_out", "conv")
+UNET_ALL_TARGETS = UNET_ATTENTION_TARGETS + UNET_EXTRA_TARGETS + UNET_RESNET_TARGETS  # every Linear and Conv2d
 TEXT_ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 TEXT_MLP_TARGETS = ("fc1", "fc2")
 _SAVED_FLAGS = "_instructbooth_requires_grad"  # attribute holding requires_grad flags from before injection

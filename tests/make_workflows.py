@@ -159,7 +159,7 @@ class Graph:
 
     def _order(self) -> None:
         """Topological execution order, as the frontend stores it."""
-        incoming = {n["id"]: {l[1] for l in self.links if l[3] == n["id"]} for n in self.nodes}
+        incoming = {n["id"]: {link[1] for link in self.links if link[3] == n["id"]} for n in self.nodes}
         done: list[int] = []
         while len(done) < len(self.nodes):
             ready = [i for i, deps in incoming.items() if i not in done and deps <= set(done)]

@@ -35,7 +35,8 @@ def test_pyproject_declares_the_comfy_registry_fields():
 def test_runtime_requirements_are_loose_and_match_requirements_txt():
     declared = pyproject()["project"]["dependencies"]
     assert not [d for d in declared if "==" in d], "run-time requirements must not pin exact versions"
-    listed = [l.strip() for l in (REPO / "requirements.txt").read_text().splitlines() if l.strip() and not l.startswith("#")]
+    listed = [line.strip() for line in (REPO / "requirements.txt").read_text().splitlines()
+              if line.strip() and not line.startswith("#")]
     assert sorted(listed) == sorted(declared)
     assert not any(name in " ".join(declared) for name in ("image-reward", "timm", "fairscale", "torchvision"))
 

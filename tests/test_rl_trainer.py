@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from instructbooth.components import tiny_components
-from instructbooth.lora import LoraConfig, apply_lora, inject_lora, lora_state_dict
+from instructbooth.lora import UNET_ALL_TARGETS, LoraConfig, apply_lora, inject_lora, lora_state_dict
 from instructbooth.lora import LoraLinear
 from instructbooth.prompts import RLPrompts, Subject
 from instructbooth.rl.config import RLConfig
@@ -32,10 +32,10 @@ def brightness(images, prompts, metadata):
     return images.mean(dim=(1, 2, 3))
 
 
-def personalized_lora(seed: int = 5) -> dict:
+def personalized_lora(seed: int = 5, targets: tuple[str, ...] = LoraConfig().unet_targets) -> dict:
     """A stand-in personalized LoRA: random up and down weights (rank 2) on the tiny UNet."""
     parts = tiny_components(0)
-    params = inject_lora(parts, LoraConfig(rank=2, alpha=2.0), seed=seed)
+    params = inject_lora(parts, LoraConfig(rank=2, alpha=2.0, unet_targets=targets), seed=seed)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in params:
@@ -199,6 +199,19 @@ def test_rwr_run_and_continue_mode():
     assert entry["prior"] > 0 and entry["weighted"] > 0 and "clip_fraction" not in entry
     with pytest.raises(ValueError, match="needs subject_images"):
         train_rl(tiny_components(0), brightness, PROMPTS, RLConfig(method="rwr"))
+
+
+def test_continue_mode_trains_an_all_layer_lora():
+    """A personalized LoRA on every Linear and Conv2d (ResNet, in/out and resampling convs
+    included) is continued as it is: same modules, same shapes, and the convs change too."""
+    base = personalized_lora(targets=UNET_ALL_TARGETS)
+    assert any(k.endswith("_conv1.lora_down.weight") for k in base)
+    config = RLConfig(**{**SMALL, "epochs": 1, "heldout_every": 0, "kl_weight": 0.0, "continue_base_lora": True})
+    result = train_rl(tiny_components(0), brightness, PROMPTS, config, base_lora=base)
+    assert result.lora_state.keys() == base.keys()
+    assert all(result.lora_state[k].shape == base[k].shape for k in base)
+    conv = [k for k in base if k.endswith("_conv_in.lora_up.weight") or k.endswith("_conv1.lora_up.weight")]
+    assert conv and all(not torch.equal(result.lora_state[k], base[k]) for k in conv)
 
 
 def test_non_finite_reward_stops_without_saving(tmp_path):

@@ -28,7 +28,7 @@ import contextlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
@@ -39,7 +39,7 @@ from PIL import Image
 
 from ..components import SDComponents
 from ..files import write_json
-from ..lora import UNET_ATTENTION_TARGETS, UNET_EXTRA_TARGETS, apply_lora, save_lora
+from ..lora import UNET_ALL_TARGETS, apply_lora, save_lora
 from ..personalize import PersonalizeConfig, PersonalizeResult, personalize
 from ..prompts import RLPrompts, Subject
 from ..rl.config import RLConfig
@@ -75,8 +75,7 @@ class EvalConfig:
 
 # Every Linear and Conv2d of the UNet. Attention alone (SD1.5's usual LoRA) cannot learn the
 # striped subject here: the demo UNet has no attention at 16x16, where the stripes live.
-ALL_UNET_LAYERS = UNET_ATTENTION_TARGETS + UNET_EXTRA_TARGETS + (
-    "conv1", "conv2", "conv_shortcut", "conv_in", "conv_out", "conv", "time_emb_proj")
+ALL_UNET_LAYERS = UNET_ALL_TARGETS
 
 DEMO_PERSONALIZE = PersonalizeConfig(
     identifier=IDENTIFIER,

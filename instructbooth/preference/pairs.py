@@ -377,7 +377,7 @@ def build_pairs(
                                   taxonomy.default_subject)
     fresh = {"format": FORMAT, "settings": config.to_dict(), "judge": judge,
              "model": model_fingerprint(components, base_lora),
-             "prompts": [asdict(p) for p in prompts], "links": [asdict(l) for l in links],
+             "prompts": [asdict(p) for p in prompts], "links": [asdict(link) for link in links],
              "records": [], "complete": False}
     if not resume:
         store.clear()

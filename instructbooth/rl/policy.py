@@ -22,8 +22,7 @@ from ..components import SDComponents
 from ..lora import (
     TEXT_ATTENTION_TARGETS,
     TEXT_MLP_TARGETS,
-    UNET_ATTENTION_TARGETS,
-    UNET_EXTRA_TARGETS,
+    UNET_ALL_TARGETS,
     LoraConfig,
     LoraError,
     apply_lora,
@@ -125,7 +124,7 @@ def lora_config_of(state: Mapping[str, torch.Tensor]) -> LoraConfig:
     if len(ranks) != 1 or len(alphas) != 1:
         raise LoraError(f"continuing a LoRA needs one rank and alpha for all modules; found ranks {sorted(ranks)}")
     rank, alpha = ranks.pop(), alphas.pop()
-    suffixes = {"unet": UNET_ATTENTION_TARGETS + UNET_EXTRA_TARGETS,
+    suffixes = {"unet": UNET_ALL_TARGETS,
                 "text_encoder": TEXT_ATTENTION_TARGETS + TEXT_MLP_TARGETS}
     targets: dict[str, set[str]] = {"unet": set(), "text_encoder": set()}
     for name in groups:
