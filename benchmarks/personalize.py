@@ -13,15 +13,17 @@ Each case runs twice, each time in a fresh process (so peak memory is its own):
 - "cached": our trainer as shipped. Photos are squared once; their VAE posteriors (both
   flips) and the frozen text encoder's prompt embeddings are computed once before step 1.
 - "uncached" (`cache=False`): the same loop re-encoding every batch with the VAE and
-  the text encoder. It stands in for diffusers' examples/dreambooth/train_dreambooth_lora.py,
-  which cannot run here (it fetches models from the hub). Per step, that script
+  the text encoder: what caching buys, inside our own trainer.
+
+The comparison with diffusers' examples/dreambooth/train_dreambooth_lora.py itself is
+benchmarks/personalize_vs_diffusers.py: it saves these same models as local diffusers folders
+and runs the real script on them (--pretrained_model_name_or_path takes a folder; nothing is
+fetched), against ours with the same settings. Per step, that script
   - runs the VAE encoder on every batch (we: never, after the cache is filled),
   - runs the text encoder on every batch unless --pre_compute_text_embeddings (we: cached),
-  - decodes, resizes, crops and flips the PIL photos again in a DataLoader (we: once), and
+  - decodes, resizes and crops the PIL photos again in a DataLoader (we: once), and
   - goes through accelerate's wrappers and hooks (we: plain modules; `accelerate launch`
     remains possible from outside).
-  Its own memory use is at least that of our uncached loop (same modules resident, same
-  activations, plus its data pipeline), so "uncached" is a lower bound for the baseline.
 
 Reported per case and variant: median seconds per optimizer step (after 2 warm-up steps),
 the seconds until step 1 is done (image loading, the one-off caching, one step), and peak memory: the process's peak

@@ -214,6 +214,26 @@ def test_continue_mode_trains_an_all_layer_lora():
     assert conv and all(not torch.equal(result.lora_state[k], base[k]) for k in conv)
 
 
+def test_images_per_prompt_samples_each_prompt_in_a_row():
+    seen = []
+
+    def recording(images, prompts, metadata):
+        seen.extend((m["prompt"], m["group"], m["seed"]) for m in metadata)
+        return brightness(images, prompts, metadata)
+
+    config = RLConfig(**{**SMALL, "epochs": 1, "heldout_every": 0, "sample_batch_size": 8, "train_batch_size": 8,
+                         "images_per_prompt": 4, "advantage": "group"})
+    train_rl(tiny_components(0), recording, PROMPTS, config)
+    groups = [seen[i:i + 4] for i in range(0, len(seen), 4)]
+    assert len(seen) == 16 and len(groups) == 4
+    for group in groups:
+        assert len({(text, kind) for text, kind, _ in group}) == 1  # one prompt, one kind per group
+        assert len({seed for _, _, seed in group}) == 4  # four different images of it
+    assert sorted(group[0][1] for group in groups) == ["identifier", "identifier", "plain", "plain"]
+    with pytest.raises(ValueError, match="images_per_prompt 3 must be >= 1 and divide sample_batch_size 8"):
+        RLConfig(**{**SMALL, "sample_batch_size": 8, "images_per_prompt": 3})
+
+
 def test_non_finite_reward_stops_without_saving(tmp_path):
     def broken(images, prompts, metadata):
         return torch.full((images.shape[0],), float("nan"))

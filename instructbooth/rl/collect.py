@@ -54,8 +54,7 @@ def collect_samples(ctx: RunContext, epoch: int) -> EpochSamples:
     sample_seconds = reward_seconds = 0.0
     preview = None
     for batch in range(config.sample_batches):
-        drawn = ctx.prompts.draw(world * size, config.identifier_ratio, generator, config.use_description,
-                                 config.reward_plain_prompt)
+        drawn = _draw_groups(ctx, world * size, generator)
         seeds = torch.randint(0, 2**62, (world * size,), generator=generator).tolist()
         mine = processes.local_slice(size)
         local, local_seeds = drawn[mine], seeds[mine]
@@ -85,6 +84,14 @@ def collect_samples(ctx: RunContext, epoch: int) -> EpochSamples:
         local_rows=torch.cat(rows), subject_scores=processes.gather_objects(subject_scores), preview=preview,
         sample_seconds=sample_seconds, reward_seconds=reward_seconds,
     )
+
+
+def _draw_groups(ctx: RunContext, count: int, generator: torch.Generator) -> list[DrawnPrompt]:
+    """`count` prompts: count / images_per_prompt drawn ones, each repeated in a row."""
+    config, repeat = ctx.config, ctx.config.images_per_prompt
+    drawn = ctx.prompts.draw(count // repeat, config.identifier_ratio, generator, config.use_description,
+                             config.reward_plain_prompt)
+    return [d for d in drawn for _ in range(repeat)]
 
 
 def _subject_scores(ctx: RunContext, images: torch.Tensor, drawn: list[DrawnPrompt], metadata: list[dict]) -> list[float]:

@@ -30,6 +30,8 @@ class RLConfig:
     sample_batch_size: int = 4  # samples per sampling call, per process
     sample_batches: int = 2  # sampling calls per epoch, per process (samples per epoch = processes x batches x size)
     epochs: int = 50  # sample -> reward -> train rounds
+    images_per_prompt: int = 1  # each drawn prompt is sampled this many times (seeds differ) in one sampling
+    #                             batch: with advantage "group", each image is compared with its own prompt's
     # --- training
     train_batch_size: int = 2  # samples per optimizer step, per process (must divide the samples per epoch)
     inner_epochs: int = 1  # passes over each epoch's samples
@@ -90,6 +92,9 @@ class RLConfig:
                    f"({self.sample_batches} x {self.sample_batch_size})")
         if min(self.sample_steps, self.sample_batch_size, self.sample_batches, self.epochs, self.inner_epochs) < 1:
             yield "sample_steps, sample_batch_size, sample_batches, epochs and inner_epochs must be >= 1"
+        if self.images_per_prompt < 1 or self.sample_batch_size % self.images_per_prompt:
+            yield (f"images_per_prompt {self.images_per_prompt} must be >= 1 and divide sample_batch_size "
+                   f"{self.sample_batch_size} (a prompt's images share one sampling batch)")
         if self.clip_range <= 0:
             yield f"clip_range must be > 0, got {self.clip_range}"
         if self.kl_weight < 0 or (self.kl_weight > 0 and self.method != "ddpo"):
