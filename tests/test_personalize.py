@@ -17,6 +17,7 @@ from instructbooth.components import build_components, tiny_components, tiny_con
 from instructbooth.encoding import encode_images, encode_prompts
 from instructbooth.lora import inject_lora, load_lora, load_lora_state
 from instructbooth.personalize import (
+    class_examples,
     PersonalizeConfig,
     denoising_target,
     dreambooth_loss,
@@ -276,6 +277,19 @@ def test_generated_class_images_are_deterministic_and_used():
     assert torch.equal(first, (first * 255).round() / 255)  # 8-bit values, as if saved as PNG
     result = personalize(parts, bhwc(subject_images(32, 2)), config)
     assert result.steps_done == 2
+
+
+def test_given_class_images_use_their_captions(tmp_path):
+    config = small_config(prior_preservation=True)
+    for i, caption in enumerate(["two red circles", "", "a {cls} on grass"]):
+        Image.new("RGB", (32, 32), (40 * i, 0, 0)).save(tmp_path / f"c{i}.png")
+        if caption:
+            (tmp_path / f"c{i}.txt").write_text(caption)
+    examples = class_examples(tmp_path, config, tiny_components())
+    assert examples.prompts == ["two red circles", "a photo of plushie", "a plushie on grass"]
+    (tmp_path / "c1.txt").write_text("{id} on grass")
+    with pytest.raises(SubjectDataError, match="contains the identifier 'sks'"):
+        class_examples(tmp_path, config, tiny_components())
 
 
 # --- bad input ----------------------------------------------------------------------------------------
