@@ -234,6 +234,28 @@ def test_images_per_prompt_samples_each_prompt_in_a_row():
         RLConfig(**{**SMALL, "sample_batch_size": 8, "images_per_prompt": 3})
 
 
+def test_timestep_window_trains_only_the_early_steps(monkeypatch):
+    import instructbooth.rl.trainer as trainer
+
+    picked = []
+    real_update = trainer.ddpo_update
+
+    def spy(ctx, samples, rows, step_index, advantages, identifier):
+        picked.append(step_index.clone())
+        return real_update(ctx, samples, rows, step_index, advantages, identifier)
+
+    monkeypatch.setattr(trainer, "ddpo_update", spy)
+    config = RLConfig(**{**SMALL, "sample_steps": 10, "epochs": 1, "heldout_every": 0, "timestep_window": 0.7,
+                         "timestep_fraction": 0.5})
+    assert (config.window_steps, config.train_timesteps) == (7, 4)
+    train_rl(tiny_components(0), brightness, PROMPTS, config)
+    steps = torch.cat(picked)
+    assert steps.shape[1] == 4 and int(steps.max()) <= 6  # never the last three steps
+    assert len(set(steps.flatten().tolist())) == 7  # but every step of the window
+    with pytest.raises(ValueError, match="timestep_window must be in"):
+        RLConfig(timestep_window=0.0)
+
+
 def test_non_finite_reward_stops_without_saving(tmp_path):
     def broken(images, prompts, metadata):
         return torch.full((images.shape[0],), float("nan"))

@@ -251,9 +251,10 @@ def _minibatches(ctx: RunContext, samples: EpochSamples, epoch: int, inner: int)
 
 
 def _step_index(ctx: RunContext, samples: EpochSamples, rows: torch.Tensor, epoch: int, inner: int) -> torch.Tensor:
-    """[m, K]: the K trajectory steps trained on for each sample, a seeded random subset per sample."""
+    """[m, K]: the K trajectory steps trained on for each sample, a seeded random subset (of the
+    window's first steps) per sample."""
     config, seeds = ctx.config, samples.trajectories.seeds
-    picks = [torch.randperm(config.sample_steps, generator=generator_for(config.seed, epoch, inner, seeds[r], "steps"))
+    picks = [torch.randperm(config.window_steps, generator=generator_for(config.seed, epoch, inner, seeds[r], "steps"))
              for r in rows.tolist()]
     return torch.stack(picks)[:, : config.train_timesteps]
 
