@@ -30,8 +30,7 @@ class RLConfig:
     sample_batch_size: int = 4  # samples per sampling call, per process
     sample_batches: int = 2  # sampling calls per epoch, per process (samples per epoch = processes x batches x size)
     epochs: int = 50  # sample -> reward -> train rounds
-    images_per_prompt: int = 1  # each drawn prompt is sampled this many times (seeds differ) in one sampling
-    #                             batch: with advantage "group", each image is compared with its own prompt's
+    images_per_prompt: int = 1  # images of each drawn prompt per sampling batch (for advantage "group")
     # --- training
     train_batch_size: int = 2  # samples per optimizer step, per process (must divide the samples per epoch)
     inner_epochs: int = 1  # passes over each epoch's samples
