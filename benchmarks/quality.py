@@ -182,7 +182,9 @@ def markdown(table: dict, lines: list[str], meta: dict) -> str:
                 out.append(f"| {label} | {what} | " + " | ".join(cells) + " |")
         out.append("")
     out += ["## What holds", ""] + [f"- {line}" for line in lines]
-    out += ["", "## Setup", "", f"- {meta['settings']}", f"- Time: {meta['minutes']:.0f} min in all; {meta['machine']}", ""]
+    out += ["", "## Setup", "", f"- {meta['settings']}", f"- Time: {meta['run_minutes']:.0f} min of runs (all variants and seeds, each timed as it ran; seeds can "
+            f"run in parallel processes with separate --work folders), this call {meta['minutes']:.0f} min; "
+            f"{meta['machine']}", ""]
     return "\n".join(out)
 
 
@@ -216,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_record()
     meta = {"seeds": args.seeds, "seeds_done": min(t["seeds"] for t in table.values()), "settings": settings,
             "minutes": (time.perf_counter() - started) / 60, "weights": args.weights or "shipped",
+            "run_minutes": sum(r["seconds"] for per in done.values() for r in per.values()) / 60,
             "machine": f"{machine['cpus']} CPUs, {machine['torch_threads']} threads, load average {machine['load_average']}"}
     write_json(args.json, {"meta": meta, "table": table, "claims": lines, "runs": done})
     write_text(args.markdown, markdown(table, lines, meta))
