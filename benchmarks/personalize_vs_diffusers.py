@@ -124,29 +124,10 @@ PROMPT = "a photo of {identifier} {class_noun}"
 
 def write_model_folder(model: str, folder: Path) -> None:
     """The benchmark's random-init model as a diffusers StableDiffusionPipeline folder."""
-    import diffusers
-
     from benchmarks.personalize import build_model
-    from instructbooth.components import CONFIG_PACKAGE
-    from importlib import resources
+    from instructbooth.checkpoint import save_diffusers_folder
 
-    parts = build_model(model, "cpu", "no")
-    parts.unet.save_pretrained(folder / "unet")
-    parts.vae.save_pretrained(folder / "vae")
-    parts.text_encoder.save_pretrained(folder / "text_encoder")
-    parts.scheduler.save_pretrained(folder / "scheduler")
-    tokenizer = folder / "tokenizer"
-    tokenizer.mkdir(parents=True)
-    for name in ("merges.txt", "special_tokens_map.json", "tokenizer_config.json", "vocab.json"):
-        (tokenizer / name).write_bytes((resources.files(CONFIG_PACKAGE) / "tokenizer" / name).read_bytes())
-    index = {
-        "_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
-        "feature_extractor": [None, None], "safety_checker": [None, None], "requires_safety_checker": False,
-        "scheduler": ["diffusers", "DDPMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    }
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    save_diffusers_folder(build_model(model, "cpu", "no"), folder)
 
 
 def write_photos(folder: Path, resolution: int, count: int = PHOTOS) -> None:

@@ -122,31 +122,13 @@ COMMON = dict(eta=1.0, timestep_fraction=1.0, inner_epochs=1, clip_range=1e-4, a
 
 def write_model_folder(config: str, folder: Path) -> None:
     """benchmarks/rl.py's random-init model as a diffusers StableDiffusionPipeline folder."""
-    from importlib import resources
-
-    import diffusers
-
-    from instructbooth.components import CONFIG_PACKAGE, small_sd15_components, tiny_components
+    from instructbooth.checkpoint import save_diffusers_folder
+    from instructbooth.components import small_sd15_components, tiny_components
 
     parts = tiny_components(0) if config == "tiny" else small_sd15_components(0)
     scale = 2 ** (len(parts.vae.config.block_out_channels) - 1)
     parts.unet.register_to_config(sample_size=CONFIGS[config]["resolution"] // scale)  # TRL's image size
-    parts.unet.save_pretrained(folder / "unet")
-    parts.vae.save_pretrained(folder / "vae")
-    parts.text_encoder.save_pretrained(folder / "text_encoder")
-    parts.scheduler.save_pretrained(folder / "scheduler")
-    tokenizer = folder / "tokenizer"
-    tokenizer.mkdir(parents=True)
-    for name in ("merges.txt", "special_tokens_map.json", "tokenizer_config.json", "vocab.json"):
-        (tokenizer / name).write_bytes((resources.files(CONFIG_PACKAGE) / "tokenizer" / name).read_bytes())
-    index = {
-        "_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
-        "feature_extractor": [None, None], "safety_checker": [None, None], "requires_safety_checker": False,
-        "scheduler": ["diffusers", "DDPMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    }
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    save_diffusers_folder(parts, folder)
 
 
 def prompt_pool() -> list[str]:

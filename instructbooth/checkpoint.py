@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -24,7 +25,7 @@ from diffusers import DDPMScheduler
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from .checkpoint_files import file_sha256, read_state_dict
-from .components import SDComponents, build_text_encoder, build_unet, build_vae, load_tokenizer, make_noise_scheduler
+from .components import CONFIG_PACKAGE, SDComponents, build_text_encoder, build_unet, build_vae, load_tokenizer, make_noise_scheduler
 from .files import write_safetensors
 from .ldm_architecture import (
     FAMILY_ADVICE,
@@ -47,6 +48,7 @@ __all__ = [
     "ldm_state_dict",
     "load_checkpoint",
     "load_diffusers_folder",
+    "save_diffusers_folder",
     "pad_text_layers",
     "read_state_dict",
     "save_checkpoint",
@@ -349,6 +351,34 @@ def load_diffusers_folder(
         _require_materialized(module, device)
         module.eval()
     return parts
+
+
+def save_diffusers_folder(components: SDComponents, folder: str | os.PathLike) -> Path:
+    """The components as a diffusers StableDiffusionPipeline folder, the inverse of
+    `load_diffusers_folder` (also readable by diffusers' `from_pretrained` and its training
+    scripts). Written beside `folder` and moved into place; an existing folder is refused."""
+    import shutil
+
+    import diffusers
+
+    folder = Path(folder)
+    if folder.exists():
+        raise FileExistsError(f"{folder} exists; choose a new folder or remove it")
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    for part in ("unet", "vae", "text_encoder", "scheduler"):
+        getattr(components, part).save_pretrained(partial / part)
+    (partial / "tokenizer").mkdir()
+    for shipped in (resources.files(CONFIG_PACKAGE) / "tokenizer").iterdir():  # SD1.5's original files
+        (partial / "tokenizer" / shipped.name).write_bytes(shipped.read_bytes())
+    library = {"unet": "diffusers", "vae": "diffusers", "scheduler": "diffusers",
+               "text_encoder": "transformers", "tokenizer": "transformers"}
+    index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
+             "feature_extractor": [None, None], "safety_checker": [None, None], "requires_safety_checker": False,
+             **{part: [lib, type(getattr(components, part)).__name__] for part, lib in library.items()}}
+    (partial / "model_index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
+    os.replace(partial, folder)
+    return folder
 
 
 def _part_config(folder: Path, part: str) -> dict[str, Any]:

@@ -7,6 +7,7 @@ architectures are checked on the meta device (shapes only, no memory, no init ti
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ from instructbooth.checkpoint import (
     pad_text_layers,
     read_state_dict,
     save_checkpoint,
+    save_diffusers_folder,
 )
 from instructbooth.components import build_components, sd15_configs, small_sd15_configs, tiny_components, tiny_configs
 from instructbooth.files import write_safetensors, write_text, write_torch
@@ -149,6 +151,18 @@ def test_diffusers_folder_loads_equal(tiny, tmp_path):
     loaded = load_checkpoint(tmp_path)
     assert_same_weights(tiny, loaded)
     assert_same_outputs(tiny, loaded)
+
+
+def test_saved_diffusers_folder_round_trips(tiny, tmp_path):
+    folder = save_diffusers_folder(tiny, tmp_path / "pipe")
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["unet"] == ["diffusers", "UNet2DConditionModel"] and index["tokenizer"][0] == "transformers"
+    assert (folder / "tokenizer" / "vocab.json").is_file() and not (tmp_path / "pipe.partial").exists()
+    loaded = load_checkpoint(folder)
+    assert_same_weights(tiny, loaded)
+    assert_same_outputs(tiny, loaded)
+    with pytest.raises(FileExistsError, match="exists"):
+        save_diffusers_folder(tiny, folder)
 
 
 def test_half_precision_file_and_dtype_argument(tiny, tmp_path):
