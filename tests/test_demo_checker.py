@@ -119,3 +119,32 @@ def test_subject_fidelity_separates_the_subject():
     assert subject_fidelity(_diamond_with("vertical")) < 0.3
     colour_noise = np.random.default_rng(0).choice([0.0, 1.0], size=(3, 32, 32)).astype(np.float32)
     assert subject_fidelity(colour_noise) < 0.3
+
+
+def test_subject_needs_stripes_three_pixels_wide():
+    for width, expected in ((3, 1.0), (1, 0.0), (2, 0.0)):
+        look = subject.SubjectLook(stripe_width=width)
+        image = subject.draw_prompt("sks toy on a white background", np.random.default_rng(1), look=look)
+        assert subject_fidelity(image) == pytest.approx(expected, abs=0.05), width
+
+
+def test_speckled_background_is_mixed():
+    scene = world.Scene(1, "red", "circle", "white")
+    image = world.draw_scene(scene, np.random.default_rng(0))
+    assert score(image, scene.caption())["background"]
+    speckled = image.copy()
+    speckled[:, ::3, ::3] = world.rgb("black")[:, None, None]  # 1 pixel in 9: a texture, not objects
+    reading = checker.read_image(speckled)
+    assert reading.background == checker.MIXED and len(reading.objects) == 1
+    assert score(speckled, scene.caption()) == dict(count=True, colour=True, shape=True, background=False)
+
+
+def test_object_of_interleaved_colours_has_no_colour():
+    image = world.blank("gray")
+    stripes = np.where(np.arange(10)[None, None, :] % 2 == 0, world.rgb("red")[:, None, None],
+                       world.rgb("blue")[:, None, None]) * np.ones((3, 10, 10))
+    world.paint(image, np.ones((10, 10), dtype=bool), (10, 10), stripes.astype(np.float32))
+    reading = checker.read_image(image)
+    assert [o.colour for o in reading.objects] == [checker.MIXED]
+    result = score(image, "one red square on a gray background")
+    assert result["count"] and result["background"] and not result["colour"]

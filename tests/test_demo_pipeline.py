@@ -14,6 +14,7 @@ import torch
 from instructbooth.cli import main
 from instructbooth.demo import report
 from instructbooth.demo.pipeline import (
+    DemoReward,
     Evaluation,
     canonical_prompt,
     layout_prompt,
@@ -188,3 +189,17 @@ def test_every_sampler_step_has_a_finite_log_probability():
     trajectories = sample_trajectories(components, ["sks toy on a white background"], [0], num_steps=4, guidance=2.0,
                                        height=32, width=32)
     assert torch.isfinite(trajectories.log_probs).all()
+
+
+def test_demo_reward_weighs_the_subject():
+    rng = np.random.default_rng(0)
+    text = "one green square on a gray background next to sks toy"
+    both = draw_prompt(canonical_prompt(text), rng)
+    objects_only = draw_prompt("one green square on a gray background", rng)
+    images = torch.from_numpy(np.stack([both, objects_only]))
+    assert DemoReward()(images, [text, text]).tolist() == pytest.approx([1.0, 0.8])  # subject: 1 of 5
+    assert DemoReward(subject_weight=0.5)(images, [text, text]).tolist() == pytest.approx([1.0, 0.5])
+    world_caption = "one green square on a gray background"
+    assert DemoReward(subject_weight=0.5)(images[1:], [world_caption]).tolist() == [1.0]  # no subject asked
+    with pytest.raises(ValueError, match="subject_weight"):
+        DemoReward(subject_weight=1.5)

@@ -1,12 +1,16 @@
 """An exact reader of demo-world images: which of a prompt's attributes hold, and the reward.
 
-Each pixel takes the nearest palette colour. The background is the commonest colour.
+Each pixel takes the nearest palette colour. The background is the commonest colour, if
+it also covers nearly all pixels away from objects (a textured background is "mixed").
 Objects are found in the mask of world-colour pixels: pinholes are filled, the mask is
 eroded so stray pixels and one-pixel bridges vanish, and each remaining core claims the
-pixels near it (`object_groups`). An object's colour is its commonest colour; its shape
+pixels near it (`object_groups`). An object's colour is its commonest colour (if most of
+its pixels have it; else "mixed"); its shape
 follows from its taper (a triangle has far fewer pixels in its top half) and, failing
 that, from how much of its bounding box it fills (square ~1, circle ~0.8).
-The subject (pink/cyan diagonal stripes) is read by `subject_fidelity`.
+The subject (pink/cyan diagonal stripes 3 pixels wide) is read by `subject_fidelity`.
+These rules close the shortcuts RL found in earlier versions: speckled backgrounds and
+objects of interleaved colours no longer pass.
 
 Scored attributes: count (exactly the prompt's number of world objects), colour and shape
 (every object has them, and there is at least one), background, and for subject prompts
@@ -30,6 +34,7 @@ WORLD_LABELS = np.array([NAMES.index(c) for c in COLOURS])
 SUBJECT_LABELS = np.array([NAMES.index(c) for c in ("pink", "cyan")])
 _NEIGHBOURS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
 _ORTHOGONAL = [(-1, 0), (1, 0), (0, -1), (0, 1)]
+MIXED = "mixed"  # the colour of a background or object with no dominant palette colour
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,10 @@ class CheckerConfig:
     triangle_taper: float = 0.75  # top-half / bottom-half pixels below this: triangle
     square_fill: float = 0.885  # else bounding-box fill at or above this: square, below: circle
     subject_area: int = 50  # a subject of at least this many pixels has full coverage
+    stripe_width: int = 3  # the subject's stripe width (subject.SubjectLook), pixels along x + y
+    stripe_floor: float = 0.7  # stripe match at or below this scores 0 (1-pixel stripes match ~0.67)
+    background_share: float = 0.9  # the background holds when this share of the pixels away from objects has its colour
+    colour_share: float = 0.75  # an object has a colour when this share of its pixels has it
     subject_threshold: float = 0.5  # fidelity at which "sks toy" counts as present
     toy_area: int = 20  # a toy-coloured object of this many pixels counts as "a toy"
 
@@ -154,17 +163,32 @@ def read_image(image: np.ndarray | torch.Tensor, config: CheckerConfig = Checker
     """Reads background, world objects and the subject from an image [3, H, W] in [0, 1]."""
     image = image.detach().float().cpu().numpy() if isinstance(image, torch.Tensor) else image
     label = labels(image)
-    background = NAMES[np.bincount(label.ravel(), minlength=len(NAMES)).argmax()]
     groups = object_groups(np.isin(label, WORLD_LABELS), config)
     objects = tuple(_object(label, g, config) for g in groups)
     toy_groups = object_groups(np.isin(label, SUBJECT_LABELS), config)
     toy_area = max((len(g) for g in toy_groups), default=0)
+    background = _background(label, groups + toy_groups, config)
     return Reading(background, objects, _fidelity(label, toy_groups, config), toy_area)
 
 
+def _background(label: np.ndarray, groups: list[np.ndarray], config: CheckerConfig) -> str:
+    """The commonest colour, if it fills `background_share` of the pixels more than one
+    pixel away from every object (a speckled or textured background is MIXED)."""
+    near_objects = np.zeros(label.shape, dtype=bool)
+    for group in groups:
+        near_objects[group[:, 0], group[:, 1]] = True
+    away = label[~dilate(near_objects)]
+    counts = np.bincount(label.ravel(), minlength=len(NAMES))
+    colour = int(counts.argmax())
+    clean = away.size > 0 and (away == colour).mean() >= config.background_share
+    return NAMES[colour] if clean else MIXED
+
+
 def _object(label: np.ndarray, group: np.ndarray, config: CheckerConfig) -> WorldObject:
+    """An object's colour is its commonest one if `colour_share` of its pixels have it, else MIXED."""
     fill, taper = shape_features(group)
-    colour = NAMES[np.bincount(label[group[:, 0], group[:, 1]], minlength=len(NAMES)).argmax()]
+    counts = np.bincount(label[group[:, 0], group[:, 1]], minlength=len(NAMES))
+    colour = NAMES[counts.argmax()] if counts.max() >= config.colour_share * len(group) else MIXED
     return WorldObject(colour, shape_of(fill, taper, config), len(group), fill, taper)
 
 
@@ -174,9 +198,12 @@ def subject_fidelity(image: np.ndarray | torch.Tensor, config: CheckerConfig = C
 
 
 def _fidelity(label: np.ndarray, groups: list[np.ndarray], config: CheckerConfig) -> float:
-    """coverage x colour balance x stripe purity x stripe alternation of the largest
-    pink/cyan group. Stripes run along x + y = const: each such diagonal of the group
-    should be one colour, and the colour should change from diagonal to diagonal."""
+    """coverage x colour balance x stripe match of the largest pink/cyan group.
+
+    The stripe match is the share of the group's pixels whose colour is that of the
+    subject's pattern (stripes `stripe_width` wide along x + y = const) at its best phase,
+    mapped from [stripe_floor, 1] to [0, 1]: finer or coarser stripes, stripes the wrong
+    way and colour noise all match at most about two thirds of the pixels."""
     if not groups:
         return 0.0
     group = max(groups, key=len)
@@ -185,18 +212,16 @@ def _fidelity(label: np.ndarray, groups: list[np.ndarray], config: CheckerConfig
     coverage = min(1.0, len(group) / config.subject_area)
     pink, cyan = int(is_pink.sum()), int((~is_pink).sum())
     balance = min(1.0, 2 * min(pink, cyan) / max(pink, cyan))
-    diagonals = ys + xs
-    majority_share, majority = [], []
-    for d in np.unique(diagonals):
-        on = is_pink[diagonals == d]
-        share = on.mean()
-        majority_share.append((max(share, 1 - share), len(on)))
-        majority.append(share >= 0.5)
-    purity = sum(s * n for s, n in majority_share) / len(group)
-    stripe = float(np.clip((purity - 0.6) / 0.3, 0.0, 1.0))
-    changes = int(np.count_nonzero(np.diff(np.asarray(majority, dtype=int))))
-    alternation = min(1.0, changes / 3)
-    return float(coverage * balance * stripe * alternation)
+    stripe = float(np.clip((stripe_match(ys + xs, is_pink, config.stripe_width) - config.stripe_floor)
+                           / (1.0 - config.stripe_floor), 0.0, 1.0))
+    return float(coverage * balance * stripe)
+
+
+def stripe_match(diagonals: np.ndarray, is_pink: np.ndarray, width: int) -> float:
+    """Largest share of pixels agreeing with stripes of `width` along the diagonals, over all phases."""
+    phases = np.arange(2 * width)[:, None]
+    pattern = ((diagonals[None, :] + phases) // width) % 2 == 0  # [phases, N]: pink stripe
+    return float((pattern == is_pink[None, :]).mean(axis=1).max())
 
 
 def check(reading: Reading, spec: PromptSpec, config: CheckerConfig = CheckerConfig()) -> dict[str, bool]:
@@ -239,8 +264,12 @@ class AlignmentReward:
             raise ValueError(f"images must be [B, 3, H, W] in [0, 1], got shape {tuple(images.shape)}")
         if len(prompts) != len(images) or (metadata is not None and len(metadata) != len(images)):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts / metadata entries")
-        values = [np.mean(list(score(img, p, self.config).values())) for img, p in zip(images, prompts)]
+        values = [self.value(score(img, p, self.config)) for img, p in zip(images, prompts)]
         return torch.tensor(values, dtype=torch.float32, device=images.device)
+
+    def value(self, result: dict[str, bool]) -> float:
+        """The reward of one image's attribute results: the share that hold."""
+        return float(np.mean(list(result.values())))
 
 
 def attribute_accuracy(images: torch.Tensor, prompts: list[str], config: CheckerConfig = CheckerConfig()) -> dict[str, float]:

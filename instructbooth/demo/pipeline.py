@@ -129,6 +129,8 @@ class DemoConfig:
     layout: str = "after"  # where subject prompts name the subject: "after" the scene or "before" it (see LAYOUTS)
     personalize: PersonalizeConfig = DEMO_PERSONALIZE  # stage 1 (description and seed are filled in)
     rl: RLConfig = DEMO_RL  # stage 2 (seed is filled in)
+    subject_weight: float | None = None  # RL reward weight of the subject on identifier prompts (DemoReward);
+    #                                      None: one attribute among the prompt's
     evaluation: EvalConfig = EvalConfig()
     showcase: int = 4  # prompts per split shown in the report's grids
     weights: str | None = None  # None: the shipped model; a folder with demo_model.*; a pretraining
@@ -145,7 +147,7 @@ class DemoConfig:
 
     def to_dict(self) -> dict:
         return {"seed": self.seed, "reference_images": self.reference_images, "detailed": self.detailed,
-                "layout": self.layout,
+                "layout": self.layout, "subject_weight": self.subject_weight,
                 "personalize": self.personalize_settings().to_dict(), "rl": self.rl_settings().to_dict(),
                 "evaluation": asdict(self.evaluation), "showcase": self.showcase, "weights": self.weights}
 
@@ -300,12 +302,28 @@ def canonical_prompt(prompt: str) -> str:
 
 
 class DemoReward(AlignmentReward):
-    """The exact alignment reward (checker.py) for prompts in either layout."""
+    """The exact alignment reward (checker.py) for prompts in either layout.
+
+    With `subject_weight` w, a subject prompt's reward is w x (subject holds) + (1 - w) x
+    (share of its instruction attributes that hold), so the subject is not traded for the
+    objects (as one attribute of five it is worth less than count, colour and shape together)."""
 
     name = "demo_alignment"
 
+    def __init__(self, config: CheckerConfig = CheckerConfig(), subject_weight: float | None = None):
+        super().__init__(config)
+        if subject_weight is not None and not 0.0 <= subject_weight <= 1.0:
+            raise ValueError(f"subject_weight must be in [0, 1] or None, got {subject_weight}")
+        self.subject_weight = subject_weight
+
     def __call__(self, images: torch.Tensor, prompts: list[str], metadata: list[dict] | None = None) -> torch.Tensor:
         return super().__call__(images, [canonical_prompt(p) for p in prompts], metadata)
+
+    def value(self, result: dict[str, bool]) -> float:
+        if self.subject_weight is None or "subject" not in result:
+            return super().value(result)
+        instruction = float(np.mean([ok for name, ok in result.items() if name != "subject"]))
+        return self.subject_weight * float(result["subject"]) + (1 - self.subject_weight) * instruction
 
 
 
@@ -428,7 +446,7 @@ def instruct(components: SDComponents, lora: Mapping[str, torch.Tensor], referen
     def progress(report: StepReport) -> None:
         shown[0] = log_rl_epochs(rl_dir / "metrics.json", shown[0], settings.epochs, log)
 
-    result = train_rl(components, DemoReward(), rl_prompts(config.detailed, config.layout), settings, callback=progress,
+    result = train_rl(components, DemoReward(subject_weight=config.subject_weight), rl_prompts(config.detailed, config.layout), settings, callback=progress,
                       checkpoint_dir=rl_dir, resume=False, base_lora=lora, subject_images=reference,
                       subject_measure=fidelity)
     log_rl_epochs(rl_dir / "metrics.json", shown[0], settings.epochs, log)
