@@ -39,7 +39,7 @@ from PIL import Image
 
 from ..components import SDComponents
 from ..files import write_json
-from ..lora import UNET_ALL_TARGETS, apply_lora, save_lora
+from ..lora import UNET_ALL_TARGETS, UNET_ATTENTION_TARGETS, apply_lora, save_lora
 from ..personalize import PersonalizeConfig, PersonalizeResult, personalize
 from ..prompts import RLPrompts, Subject
 from ..rl.config import RLConfig
@@ -111,7 +111,7 @@ DEMO_RL = RLConfig(
     learning_rate=3e-3,
     lora_rank=4,
     lora_alpha=4.0,
-    unet_targets=ALL_UNET_LAYERS,  # like the DreamBooth LoRA (no attention at 16x16 here)
+    unet_targets=UNET_ATTENTION_TARGETS,  # on every layer RL learned textures that fool the checker's colour reading
     identifier_ratio=0.5,
     reward_plain_prompt=False,  # the demo reward knows the identifier: it checks the subject too
     heldout_every=5,
@@ -129,8 +129,8 @@ class DemoConfig:
     layout: str = "after"  # where subject prompts name the subject: "after" the scene or "before" it (see LAYOUTS)
     personalize: PersonalizeConfig = DEMO_PERSONALIZE  # stage 1 (description and seed are filled in)
     rl: RLConfig = DEMO_RL  # stage 2 (seed is filled in)
-    subject_weight: float | None = None  # RL reward weight of the subject on identifier prompts (DemoReward);
-    #                                      None: one attribute among the prompt's
+    subject_weight: float | None = 0.5  # RL reward weight of the subject on identifier prompts (DemoReward);
+    #                                     None: one attribute among the prompt's (then RL trades it for objects)
     evaluation: EvalConfig = EvalConfig()
     showcase: int = 4  # prompts per split shown in the report's grids
     weights: str | None = None  # None: the shipped model; a folder with demo_model.*; a pretraining
