@@ -167,7 +167,9 @@ def report_blocks(metrics: dict, grids: dict[str, list[str]], reference_count: i
             f"description \"{personalize['description']}\"",
             f"RL: {rl['method']}, {rl['epochs']} epochs of {rl['sample_batch_size'] * rl['sample_batches']} samples, "
             f"{rl['sample_steps']} sampler steps, guidance {rl['guidance']:g}, learning rate {rl['learning_rate']:g}, "
-            f"LoRA rank {rl['lora_rank']}, identifier ratio {rl['identifier_ratio']:g}",
+            f"LoRA rank {rl['lora_rank']}, identifier ratio {rl['identifier_ratio']:g}"
+            + (f", subject weight {config['subject_weight']:g} in the reward" if config.get("subject_weight") is not None
+               else ""),
             f"Evaluation: {config['evaluation']['per_prompt']} images per prompt, {config['evaluation']['steps']} "
             f"sampler steps, guidance {config['evaluation']['guidance']:g}, seed {config['seed']}",
             "Time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timing["stages"].items())
