@@ -301,3 +301,20 @@ def test_rl_command_writes_one_lora_and_metrics(tmp_path):
     history = json.loads((tmp_path / "rl_metrics" / "metrics.json").read_text())["epochs"]
     assert len(history) == 2 and "heldout" not in history[0]["reward"]
     assert main(["rl", "--random-model", "tiny", "--reward", "brightness", "--output", str(output)]) == 1  # no subject
+
+
+def test_starting_over_removes_the_old_runs_metrics(tmp_path):
+    (tmp_path / "metrics.json").write_text(json.dumps({"epochs": [{"epoch": 7}]}))
+    (tmp_path / "reward_curve.png").write_bytes(b"old")
+    seen = []
+
+    def cancel_at_first_step(report):
+        seen.append((tmp_path / "metrics.json").exists() or (tmp_path / "reward_curve.png").exists())
+        raise StopTraining
+
+    config = RLConfig(**{**SMALL, "heldout_every": 0})
+    result = train_rl(tiny_components(0), brightness, PROMPTS, config, callback=cancel_at_first_step,
+                      checkpoint_dir=tmp_path, resume=False)
+    assert result.epochs_done == 0 and seen == [False]
+    saved = tmp_path / "metrics.json"
+    assert not saved.exists() or json.loads(saved.read_text())["epochs"] == []

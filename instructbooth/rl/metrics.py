@@ -60,6 +60,12 @@ def write_metrics(folder: str | Path, history: list[dict]) -> tuple[Path, Path]:
     return json_path, png_path
 
 
+def clear_metrics(folder: str | Path) -> None:
+    """Removes `write_metrics`' files from `folder` (a run starting over must not show the old curve)."""
+    for name in ("metrics.json", "reward_curve.png"):
+        (Path(folder) / name).unlink(missing_ok=True)
+
+
 def reward_series(history: list[dict]) -> dict[str, list[tuple[int, float]]]:
     """group -> [(epoch, mean reward)] for every group in the history."""
     series: dict[str, list[tuple[int, float]]] = {}

@@ -45,7 +45,7 @@ from .collect import EpochSamples, collect_samples, evaluate_heldout
 from .config import RESUMABLE_CHANGES, RLConfig
 from .context import RunContext, generator_for
 from .distributed import Processes
-from .metrics import group_stats, summarize, write_metrics
+from .metrics import clear_metrics, group_stats, summarize, write_metrics
 from .policy import Policy, State
 from .rwr import reward_weights
 from .updates import StepStats, ddpo_update, rwr_update
@@ -110,6 +110,7 @@ def train_rl(
     if store is not None and not resume:
         if processes.is_main:
             store.clear()
+            clear_metrics(checkpoint_dir)
         processes.barrier()
     with torch.inference_mode(False), torch.enable_grad():
         modes = [(m, m.training) for m in components.modules()]
