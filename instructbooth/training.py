@@ -44,6 +44,7 @@ class StepReport:
     total: int  # optimizer steps the run will take
     loss: float  # total training loss of this step
     preview: Any = None  # a PIL image when the trainer made one this step, else None
+    stage: str = "train"  # "class_images" while personalization generates them: step / total count images, loss NaN
 
 
 StepCallback = Callable[[StepReport], "bool | None"]

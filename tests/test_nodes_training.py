@@ -8,6 +8,8 @@ to the tiny model's hints.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from nodes_harness import loaded_pack, pack_module, reset_records, standin
@@ -314,3 +316,16 @@ def test_preference_pairs_then_dpo_make_one_lora(comfy_inputs, scorer, personali
 
     with pytest.raises(pack_module("nodes.bridge").NodeInputError, match="same subject LoRA"):
         run_dpo(*comfy_inputs, pairs, None, lora_name="ib/dpo_other")
+
+
+def test_cancel_while_class_images_are_generated_stops_before_training(comfy_inputs, photos):
+    utils, management = standin("comfy.utils"), standin("comfy.model_management")
+    utils.CANCEL_AT = 4  # the bar counts class images first: cancel after the first batch of 4
+    with pytest.raises(management.InterruptProcessingException):
+        run_personalize(personalize_inputs(*comfy_inputs, photos, steps=5, prior_preservation=True, num_class_images=12,
+                                           lora_name="ib/cancel_class"))
+    import folder_paths
+
+    runs = Path(folder_paths.get_output_directory()) / "instructbooth"
+    assert utils.PROGRESS_LOG == []  # raised at the first report, before any training step
+    assert not [p for p in runs.glob("*ib_cancel_class-*/*") if p.name.startswith(("checkpoint-", "result"))]

@@ -275,8 +275,25 @@ def test_generated_class_images_are_deterministic_and_used():
     again = generate_class_images(parts, "a photo of plushie", config, count=1, first=1)
     assert first.shape == (2, 3, 32, 32) and torch.equal(first[1:], again)
     assert torch.equal(first, (first * 255).round() / 255)  # 8-bit values, as if saved as PNG
-    result = personalize(parts, bhwc(subject_images(32, 2)), config)
+    reports = []
+    result = personalize(parts, bhwc(subject_images(32, 2)), config, callback=reports.append)
     assert result.steps_done == 2
+    assert [(r.stage, r.step, r.total) for r in reports] == [("class_images", 2, 2), ("train", 1, 2), ("train", 2, 2)]
+
+
+def test_stop_while_class_images_are_generated(tmp_path):
+    config = small_config(steps=3, prior_preservation=True, num_class_images=12, class_sample_steps=2)
+    reports = []
+
+    def stop_after_first_batch(report):
+        reports.append((report.stage, report.step, report.total))
+        return False
+
+    result = personalize(tiny_components(), bhwc(subject_images(32, 2)), config, callback=stop_after_first_batch,
+                         checkpoint_dir=tmp_path)
+    assert reports == [("class_images", 4, 12)]  # one batch of 4, not all 12 images
+    assert result.stopped and result.steps_done == 0 and result.loss_history == []
+    assert result.last_checkpoint is None and not list(tmp_path.glob("checkpoint-*"))
 
 
 def test_given_class_images_use_their_captions(tmp_path):
