@@ -204,7 +204,7 @@ def _fidelity(label: np.ndarray, groups: list[np.ndarray], config: CheckerConfig
     subject's pattern (stripes `stripe_width` wide along x + y = const) at its best phase,
     mapped from [stripe_floor, 1] to [0, 1]. Other stripe widths score low (measured on a
     drawn diamond: 1, 2, 5 or 6 pixels give 0, 4 pixels 0.2), and so do stripes the wrong
-    way and colour noise.
+    way and colour noise."""
     if not groups:
         return 0.0
     group = max(groups, key=len)
