@@ -152,7 +152,7 @@ def claims(table: dict, done: dict, seeds: list[int]) -> list[str]:
     lines = [
         compare("Personalization overfits (DreamBooth alignment below the base model's)", "dreambooth", "base",
                 "alignment", better=False),
-        compare("RL restores alignment (InstructBooth above DreamBooth)", "instructbooth", "dreambooth", "alignment"),
+        compare("RL raises alignment (InstructBooth above DreamBooth)", "instructbooth", "dreambooth", "alignment"),
         compare("Prompts without the identifier help RL (InstructBooth above the ablation)", "instructbooth",
                 "no_plain_prompts", "alignment"),
         compare("The detailed description helps (InstructBooth above the ablation)", "instructbooth", "no_description",
@@ -160,6 +160,13 @@ def claims(table: dict, done: dict, seeds: list[int]) -> list[str]:
         compare("The detailed description helps personalization (subject fidelity)", "dreambooth",
                 "dreambooth_no_description", "fidelity"),
     ]
+    align = {v: table[v]["heldout"]["alignment"]["mean"] for v in ("base", "dreambooth", "instructbooth")}
+    lost = align["base"] - align["dreambooth"]
+    if lost > 0:
+        back = (align["instructbooth"] - align["dreambooth"]) / lost
+        lines.append(f"Share of the alignment lost to personalization that RL brings back: {back:.0%} "
+                     f"(base {align['base']:.3f}, DreamBooth {align['dreambooth']:.3f}, "
+                     f"InstructBooth {align['instructbooth']:.3f})")
     db, ib = table["dreambooth"]["heldout"]["fidelity"]["mean"], table["instructbooth"]["heldout"]["fidelity"]["mean"]
     kept = "holds" if ib >= 0.8 * db else "does not hold"
     lines.append(f"Subject fidelity stays high after RL (at least 80% of DreamBooth's): {kept} ({ib:.3f} vs {db:.3f})")
