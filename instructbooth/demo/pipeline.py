@@ -446,7 +446,8 @@ def instruct(components: SDComponents, lora: Mapping[str, torch.Tensor], referen
     def progress(report: StepReport) -> None:
         shown[0] = log_rl_epochs(rl_dir / "metrics.json", shown[0], settings.epochs, log)
 
-    result = train_rl(components, DemoReward(subject_weight=config.subject_weight), rl_prompts(config.detailed, config.layout), settings, callback=progress,
+    reward = DemoReward(subject_weight=config.subject_weight)
+    result = train_rl(components, reward, rl_prompts(config.detailed, config.layout), settings, callback=progress,
                       checkpoint_dir=rl_dir, resume=False, base_lora=lora, subject_images=reference,
                       subject_measure=fidelity)
     log_rl_epochs(rl_dir / "metrics.json", shown[0], settings.epochs, log)
