@@ -86,6 +86,10 @@ from instructbooth.sampling import guided_noise_prediction  # noqa: E402
 PEAK_TFLOPS = {"H100": {"bf16": 989.0, "fp32": 67.0}, "H200": {"bf16": 989.0, "fp32": 67.0},
                "A100": {"bf16": 312.0, "fp32": 19.5}}  # dense tensor-core peaks (SXM)
 
+# Throughput settings: one image per prompt, one micro-batch per update, every step trained (as measured
+# before the recipe's defaults changed; they do not change the work per sample).
+THROUGHPUT = dict(images_per_prompt=1, advantage="tracker", tracker_min_count=1, gradient_accumulation_steps=1,
+                  timestep_window=1.0)
 SETTINGS = {
     "tiny": dict(height=32, width=32, sample_steps=10, guidance=5.0, sample_batch_size=4, sample_batches=2,
                  train_batch_size=4),
@@ -96,6 +100,7 @@ SETTINGS = {
     "sd15-b1": dict(height=512, width=512, sample_steps=50, guidance=5.0, sample_batch_size=1, sample_batches=1,
                     train_batch_size=1, mixed_precision="bf16"),
 }
+SETTINGS = {name: {**THROUGHPUT, **values} for name, values in SETTINGS.items()}
 
 
 def brightness(images, prompts, metadata):
@@ -285,7 +290,7 @@ def memory_estimate(device: str, checkpointing: bool) -> dict:
 
     components = build_components(*sd15_configs(), seed=0)
     components = components if device == "cpu" else components.to(device)
-    config = RLConfig(sample_batch_size=1, train_batch_size=1, sample_batches=1, mixed_precision="bf16")
+    config = RLConfig(**SETTINGS["sd15-b1"])
     policy = Policy.prepare(components, config, None)
     precision = Precision.create("bf16", device)
     precision.cast_frozen(components.modules(), policy.params)

@@ -185,6 +185,7 @@ def run_ours(spec: dict, record: dict) -> None:
         guidance=s["guidance"], sample_batch_size=s["sample_batch_size"], sample_batches=s["sample_batches"],
         epochs=spec["epochs"], train_batch_size=s["train_batch_size"], inner_epochs=s["inner_epochs"],
         timestep_fraction=s["timestep_fraction"], clip_range=s["clip_range"], advantage="tracker",
+        images_per_prompt=1, gradient_accumulation_steps=1, timestep_window=1.0,  # as TRL: every step, no groups
         tracker_buffer=s["tracker_buffer"], tracker_min_count=s["tracker_min_count"], adv_clip=s["adv_clip"],
         learning_rate=s["learning_rate"], weight_decay=s["weight_decay"], adam_betas=s["adam_betas"],
         adam_eps=s["adam_eps"], max_grad_norm=s["max_grad_norm"], lora_rank=s["lora_rank"],

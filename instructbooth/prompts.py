@@ -10,6 +10,7 @@ template per line, `#` starting a comment.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -111,6 +112,15 @@ class DrawnPrompt:
     group: str  # IDENTIFIER, PLAIN or HELDOUT
 
 
+def _stochastic_round(value: float, generator: torch.Generator) -> int:
+    """floor(value), plus 1 with probability value - floor(value) (no draw for whole numbers)."""
+    whole = math.floor(value + 1e-9)
+    fraction = value - whole
+    if fraction <= 1e-9:
+        return whole
+    return whole + int(float(torch.rand((), generator=generator)) < fraction)
+
+
 @dataclass(frozen=True)
 class RLPrompts:
     """Training and held-out prompt templates for one subject."""
@@ -141,13 +151,15 @@ class RLPrompts:
         describe: bool = False,
         reward_plain: bool = True,
     ) -> list[DrawnPrompt]:
-        """`count` prompts, templates uniform at random; exactly round(ratio * count) of them
-        with the identifier, at random positions. The reward text is the plain prompt
-        when `reward_plain` (a reward model does not know the identifier token)."""
+        """`count` prompts, templates uniform at random; ratio * count of them with the
+        identifier, at random positions (a fractional count is rounded up with the
+        probability of its fraction, so the ratio holds on average even for 1 prompt).
+        The reward text is the plain prompt when `reward_plain` (a reward model does not
+        know the identifier token)."""
         if not 0.0 <= identifier_ratio <= 1.0:
             raise ValueError(f"identifier_ratio must be in [0, 1], got {identifier_ratio}")
         picks = torch.randint(len(self.templates), (count,), generator=generator).tolist()
-        n_identifier = round(identifier_ratio * count)
+        n_identifier = _stochastic_round(identifier_ratio * count, generator)
         flags = torch.zeros(count, dtype=torch.bool)
         flags[torch.randperm(count, generator=generator)[:n_identifier]] = True
         return [self._drawn(i, bool(f), describe, reward_plain) for i, f in zip(picks, flags.tolist())]

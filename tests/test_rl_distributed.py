@@ -3,7 +3,6 @@ process with twice the batch."""
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from pathlib import Path
@@ -23,7 +22,8 @@ PROMPTS = RLPrompts(("{id} riding a bicycle", "{id} swimming", "{id} reading"), 
 # Per-process sizes: one process draws 2 batches of 4; two processes draw 2 batches of 2 each.
 SETTINGS = dict(sample_steps=4, guidance=2.0, height=16, width=16, sample_batches=2, epochs=2, inner_epochs=2,
                 learning_rate=3e-2, clip_range=1e-2, advantage="tracker", tracker_min_count=2, kl_weight=0.1,
-                heldout_every=1)
+                heldout_every=1, identifier_ratio=0.5, images_per_prompt=1, gradient_accumulation_steps=1,
+                timestep_window=1.0)
 
 
 class RecordingBrightness:
@@ -80,8 +80,8 @@ def test_two_processes_gather_what_one_process_would(tmp_path):
     assert len(one_seeds) == SETTINGS["epochs"] * SETTINGS["sample_batches"] * 4
 
     for two in (r["summary"] for r in ranks):  # every process holds the gathered statistics
-        assert json.dumps(_rounded(two["metrics"])) == json.dumps(_rounded(one["metrics"]))
-        assert _rounded(two["prompt_stats"]) == _rounded(one["prompt_stats"])
+        assert _close(two["metrics"], one["metrics"])
+        assert _close(two["prompt_stats"], one["prompt_stats"])
         assert two["final_heldout"]["count"] == one["final_heldout"]["count"] == len(PROMPTS.heldout)
         assert two["final_heldout"]["mean"] == pytest.approx(one["final_heldout"]["mean"], abs=1e-5)
         # averaged gradients: the same LoRA. Batch size changes the last bits of the UNet's
@@ -93,12 +93,14 @@ def test_two_processes_gather_what_one_process_would(tmp_path):
     assert one["metrics"][-1]["reward"]["all"]["count"] == 8
 
 
-def _rounded(value, digits: int = 5):
-    """Numbers rounded (batch size changes CPU float summation order in the last bits)."""
-    if isinstance(value, dict):
-        return {k: _rounded(v, digits) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_rounded(v, digits) for v in value]
-    if isinstance(value, float):
-        return round(value, digits)
-    return value
+def _close(a, b, tolerance: float = 1e-5) -> bool:
+    """Equal structure, numbers within `tolerance` (batch size changes CPU float summation
+    order in the last bits); "time" entries are ignored."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = set(a) - {"time"}
+        return keys == set(b) - {"time"} and all(_close(a[k], b[k], tolerance) for k in keys)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y, tolerance) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return a == pytest.approx(b, abs=tolerance, nan_ok=True)
+    return a == b

@@ -23,7 +23,8 @@ PROMPTS = RLPrompts(("{id} riding a bicycle", "{id} swimming", "{id} reading"), 
                     ("{id} baking", "{id} on the moon", "{id} dancing", "{id} painting"))
 SMALL = dict(sample_steps=4, guidance=2.0, height=16, width=16, sample_batch_size=4, sample_batches=2, epochs=3,
              train_batch_size=4, learning_rate=3e-2, clip_range=1e-2, advantage="tracker", tracker_min_count=2,
-             heldout_every=2, heldout_seeds=1, kl_weight=0.1)
+             heldout_every=2, heldout_seeds=1, kl_weight=0.1, identifier_ratio=0.5, images_per_prompt=1,
+             gradient_accumulation_steps=1, timestep_window=1.0)
 
 
 def brightness(images, prompts, metadata):
@@ -59,7 +60,8 @@ RISE_MEASURED_MIN = 0.0078
 def test_brightness_reward_rises_on_fixed_prompts():
     config = RLConfig(sample_steps=8, guidance=1.0, height=16, width=16, sample_batch_size=64, sample_batches=1,
                       epochs=5, train_batch_size=64, learning_rate=5e-2, heldout_every=5, heldout_seeds=8,
-                      advantage="group", timestep_fraction=0.5, seed=1)
+                      advantage="group", images_per_prompt=8, gradient_accumulation_steps=1, timestep_fraction=0.5,
+                      seed=1)
     result = train_rl(tiny_components(0), brightness, PROMPTS, config)
     before, after = result.metrics[0]["reward"]["heldout"]["mean"], result.final_heldout["mean"]
     assert after - before > RISE_MEASURED_MIN / 2, f"held-out reward went from {before:.4f} to {after:.4f}"
@@ -81,7 +83,8 @@ def test_rwr_lowers_its_weighted_loss_on_fixed_samples():
 
     components = tiny_components(0)
     config = Config(method="rwr", sample_steps=4, guidance=1.0, height=16, width=16, learning_rate=1e-2,
-                    prior_weight=0.5, sample_batch_size=8, sample_batches=1, train_batch_size=8)
+                    prior_weight=0.5, sample_batch_size=8, sample_batches=1, train_batch_size=8,
+                    gradient_accumulation_steps=1)
     policy = Policy.prepare(components, config, None)
     subject = torch.rand(3, 4, 8, 8, generator=torch.Generator().manual_seed(3))
     ctx = RunContext(components, policy, config, PROMPTS, brightness, Processes(), Precision.create("no", "cpu"),
@@ -240,9 +243,9 @@ def test_timestep_window_trains_only_the_early_steps(monkeypatch):
     picked = []
     real_update = trainer.ddpo_update
 
-    def spy(ctx, samples, rows, step_index, advantages, identifier):
+    def spy(ctx, samples, rows, step_index, advantages, identifier, scale):
         picked.append(step_index.clone())
-        return real_update(ctx, samples, rows, step_index, advantages, identifier)
+        return real_update(ctx, samples, rows, step_index, advantages, identifier, scale)
 
     monkeypatch.setattr(trainer, "ddpo_update", spy)
     config = RLConfig(**{**SMALL, "sample_steps": 10, "epochs": 1, "heldout_every": 0, "timestep_window": 0.7,
@@ -276,8 +279,9 @@ def test_stop_training_exception_and_config_errors():
     assert all(v.abs().max() == 0 for k, v in result.trained_state.items() if "lora_up" in k)
     with pytest.raises(ValueError, match="eta must be > 0"):
         RLConfig(eta=0.0)
-    with pytest.raises(ValueError, match="train_batch_size 3 must divide"):
-        RLConfig(sample_batch_size=4, sample_batches=1, train_batch_size=3)
+    with pytest.raises(ValueError, match=r"train_batch_size x gradient_accumulation_steps \(3 x 1 = 3 samples per "
+                       r"update\) must divide the samples per epoch per process \(1 x 4 = 4\)"):
+        RLConfig(sample_batch_size=4, sample_batches=1, train_batch_size=3, gradient_accumulation_steps=1)
     with pytest.raises(ValueError, match="method must be one of"):
         RLConfig(method="ppo")
 
@@ -292,7 +296,7 @@ def test_rl_command_writes_one_lora_and_metrics(tmp_path):
     argv = ["rl", "--random-model", "tiny", "--reward", "brightness", "--identifier", "sks", "--class-noun", "plushie",
             "--prompts", str(prompts), "--heldout", "none", "--output", str(output), "--sample-steps", "3",
             "--height", "16", "--width", "16", "--sample-batch-size", "4", "--sample-batches", "1",
-            "--train-batch-size", "4", "--epochs", "2", "--adv-clip", "none", "--reward-plain-prompt", "no"]
+            "--train-batch-size", "4", "--gradient-accumulation-steps", "1", "--epochs", "2", "--adv-clip", "none", "--reward-plain-prompt", "no"]
     assert main(argv) == 0
     state, metadata = load_lora(output)
     assert metadata.method == "ddpo" and metadata.trigger_phrase == "sks plushie"

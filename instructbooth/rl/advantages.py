@@ -4,11 +4,15 @@ DDPO normalises each reward against the statistics of its own prompt, so that ea
 prompts (high reward whatever the image) do not drown hard ones. The per-prompt
 statistics come from a running buffer of that prompt's recent rewards (the stat
 tracker), or from the current batch alone ("group" normalisation, GRPO-style).
+Where a prompt has too few rewards for its own statistics, a fallback stands in; every
+function here also says which samples used one (`Advantages.fallback`), because a run
+whose advantages all fall back compares identifier and plain prompts with each other.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -26,18 +30,51 @@ def batch_normalize(rewards: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     return _normalised(rewards, rewards.mean(), rewards.std(unbiased=False), eps).float()
 
 
+@dataclass
+class Advantages:
+    values: torch.Tensor  # [B] float32
+    fallback: torch.Tensor  # [B] bool: the sample's advantage did not use its own prompt's statistics
+
+    @property
+    def fallback_share(self) -> float:
+        """Share of samples whose advantage used a fallback (0 = every one had its prompt's baseline)."""
+        return float(self.fallback.float().mean()) if self.fallback.numel() else 0.0
+
+
 def group_normalize(rewards: torch.Tensor, keys: Sequence[str], eps: float = EPS) -> torch.Tensor:
     """Normalises each reward [B] against the rewards of the same key (prompt) in this batch.
     A key seen once gets advantage 0."""
+    return group_advantages(rewards, keys, eps).values
+
+
+def group_advantages(rewards: torch.Tensor, keys: Sequence[str], eps: float = EPS) -> Advantages:
+    """`group_normalize` with its fallback: a key seen once has no baseline (advantage 0)."""
     if len(keys) != rewards.shape[0]:
         raise ValueError(f"got {rewards.shape[0]} rewards but {len(keys)} keys")
     rewards = rewards.double()
     advantages = torch.zeros_like(rewards)
+    fallback = torch.zeros(len(keys), dtype=torch.bool)
     for key in dict.fromkeys(keys):
         rows = torch.tensor([k == key for k in keys])
         group = rewards[rows]
         advantages[rows] = _normalised(group, group.mean(), group.std(unbiased=False), eps)
-    return advantages.float()
+        fallback[rows] = len(group) < 2
+    return Advantages(advantages.float(), fallback)
+
+
+def batch_advantages(rewards: torch.Tensor, eps: float = EPS) -> Advantages:
+    """`batch_normalize`; every sample counts as a fallback (no per-prompt baseline at all)."""
+    return Advantages(batch_normalize(rewards, eps), torch.ones(rewards.shape[0], dtype=torch.bool))
+
+
+def _fallback_stats(values: torch.Tensor, rows: torch.Tensor, splits: Sequence[str] | None):
+    """Mean and std of the batch's rewards in the split of `rows` (>= 2 of them), else of the batch."""
+    pool = values
+    if splits is not None:
+        split = splits[int(rows.nonzero()[0])]
+        same = values[torch.tensor([s == split for s in splits])]
+        pool = same if len(same) >= 2 else values
+    return pool.mean(), pool.std(unbiased=False)
 
 
 def clip_advantages(advantages: torch.Tensor, limit: float | None) -> torch.Tensor:
@@ -54,8 +91,10 @@ class PerPromptStatTracker:
 
     `normalize(prompts, rewards)` first adds the rewards to each prompt's buffer (the
     newest `buffer_size`), then normalises each reward with its prompt's buffer mean
-    and std. Until a prompt has `min_count` rewards, the whole batch's mean and std
-    stand in. State is plain lists, for checkpoints.
+    and std. Until a prompt has `min_count` rewards, a fallback stands in: the mean and
+    std of the batch's rewards of the same split (`splits`, e.g. identifier / plain, when
+    that split has at least two), else of the whole batch. State is plain lists, for
+    checkpoints.
     """
 
     def __init__(self, buffer_size: int = 32, min_count: int = 16):
@@ -66,20 +105,28 @@ class PerPromptStatTracker:
 
     def normalize(self, prompts: Sequence[str], rewards: torch.Tensor, eps: float = EPS) -> torch.Tensor:
         """Advantages [B] for rewards [B]; updates the buffers."""
-        if len(prompts) != rewards.shape[0]:
+        return self.advantages(prompts, rewards, eps=eps).values
+
+    def advantages(self, prompts: Sequence[str], rewards: torch.Tensor, splits: Sequence[str] | None = None,
+                   eps: float = EPS) -> Advantages:
+        """Advantages for rewards [B] and which of them fell back; updates the buffers."""
+        if len(prompts) != rewards.shape[0] or (splits is not None and len(splits) != len(prompts)):
             raise ValueError(f"got {rewards.shape[0]} rewards but {len(prompts)} prompts")
         values = rewards.double()
-        batch_mean, batch_std = values.mean(), values.std(unbiased=False)
         for prompt, reward in zip(prompts, values.tolist()):
             self.buffers.setdefault(prompt, deque(maxlen=self.buffer_size)).append(reward)
         advantages = torch.empty_like(values)
+        fallback = torch.zeros(len(prompts), dtype=torch.bool)
         for prompt in dict.fromkeys(prompts):
             rows = torch.tensor([p == prompt for p in prompts])
             seen = torch.tensor(list(self.buffers[prompt]), dtype=torch.float64)
-            enough = len(seen) >= self.min_count
-            mean, std = (seen.mean(), seen.std(unbiased=False)) if enough else (batch_mean, batch_std)
+            if len(seen) >= self.min_count:
+                mean, std = seen.mean(), seen.std(unbiased=False)
+            else:
+                mean, std = _fallback_stats(values, rows, splits)
+                fallback[rows] = True
             advantages[rows] = _normalised(values[rows], mean, std, eps)
-        return advantages.float()
+        return Advantages(advantages.float(), fallback)
 
     def stats(self) -> dict[str, dict[str, float]]:
         """Per prompt: mean, std and count of the buffered rewards."""

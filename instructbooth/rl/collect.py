@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import torch
 
 from ..encoding import decode_latents
-from ..prompts import IDENTIFIER, DrawnPrompt
+from ..prompts import IDENTIFIER, DrawnPrompt, RLPrompts
 from ..sampling import Trajectories, sample_images, sample_trajectories
+from .config import RLConfig
 from .context import RunContext, derive_seed, generator_for
 
 
@@ -50,11 +51,12 @@ def collect_samples(ctx: RunContext, epoch: int) -> EpochSamples:
     config, processes = ctx.config, ctx.processes
     size, world = config.sample_batch_size, processes.world_size
     generator = generator_for(config.seed, epoch, "prompts")
+    epoch_prompts = draw_epoch_prompts(ctx.prompts, config, config.sample_batches * world * size, generator)
     parts, drawn_all, rewards, rows, subject_scores = [], [], [], [], []
     sample_seconds = reward_seconds = 0.0
     preview = None
     for batch in range(config.sample_batches):
-        drawn = _draw_groups(ctx, world * size, generator)
+        drawn = epoch_prompts[batch * world * size:(batch + 1) * world * size]
         seeds = torch.randint(0, 2**62, (world * size,), generator=generator).tolist()
         mine = processes.local_slice(size)
         local, local_seeds = drawn[mine], seeds[mine]
@@ -86,11 +88,14 @@ def collect_samples(ctx: RunContext, epoch: int) -> EpochSamples:
     )
 
 
-def _draw_groups(ctx: RunContext, count: int, generator: torch.Generator) -> list[DrawnPrompt]:
-    """`count` prompts: count / images_per_prompt drawn ones, each repeated in a row."""
-    config, repeat = ctx.config, ctx.config.images_per_prompt
-    drawn = ctx.prompts.draw(count // repeat, config.identifier_ratio, generator, config.use_description,
-                             config.reward_plain_prompt)
+def draw_epoch_prompts(prompts: RLPrompts, config: RLConfig, count: int, generator: torch.Generator
+                       ) -> list[DrawnPrompt]:
+    """The epoch's `count` prompts: count / images_per_prompt drawn ones, each repeated in a
+    row (so a prompt's images share a sampling batch). Drawn for the whole epoch at once,
+    so the identifier ratio holds per epoch even with one prompt per sampling batch."""
+    repeat = config.images_per_prompt
+    drawn = prompts.draw(count // repeat, config.identifier_ratio, generator, config.use_description,
+                         config.reward_plain_prompt)
     return [d for d in drawn for _ in range(repeat)]
 
 

@@ -40,7 +40,7 @@ from ..training import (
     restore_rng,
     state_fingerprint,
 )
-from .advantages import PerPromptStatTracker, batch_normalize, clip_advantages, group_normalize
+from .advantages import PerPromptStatTracker, batch_advantages, clip_advantages, group_advantages
 from .collect import EpochSamples, collect_samples, evaluate_heldout
 from .config import RESUMABLE_CHANGES, RLConfig
 from .context import RunContext, generator_for
@@ -175,12 +175,15 @@ def _run(ctx: RunContext, store, callback, metrics_dir, base_model_hash) -> RLRe
             ctx.policy.load(rollback)
             return finish(STOP_SUBJECT, rollback)
         train_began = time.perf_counter()
-        stats, stopped = _train_epoch(ctx, samples, tracker, optimizer, state, store, callback, epoch)
+        signal, fallback_share = epoch_signal(config, tracker, samples)
+        stats, stopped = _train_epoch(ctx, samples, signal, optimizer, state, store, callback, epoch)
         if stopped:
             ctx.policy.load(start_state)
             return finish(STOP_CALLBACK, start_state)
         train_seconds = time.perf_counter() - train_began
         state.history.append(_entry(ctx, epoch, samples, heldout, stats, measure, eval_seconds, train_seconds, began))
+        if fallback_share is not None:
+            state.history[-1]["advantage_fallback_share"] = fallback_share
         state.previous, state.epoch = start_state, epoch + 1
         if store is not None:
             if processes.is_main:
@@ -206,41 +209,61 @@ def _maybe_heldout(ctx: RunContext, epoch: int) -> tuple[list[float], float]:
 # --- one epoch of training -------------------------------------------------------------------
 
 
-def _train_epoch(ctx, samples: EpochSamples, tracker, optimizer, state, store, callback, epoch
+def _train_epoch(ctx, samples: EpochSamples, signal: torch.Tensor, optimizer, state, store, callback, epoch
                  ) -> tuple[list[StepStats], bool]:
-    """Inner epochs of minibatch updates; returns the step statistics and whether to stop."""
+    """Inner epochs of optimizer steps, each on `gradient_accumulation_steps` micro-batches;
+    `signal` [N] holds every sample's advantage or weight. Returns the micro-batch statistics
+    and whether to stop."""
     config = ctx.config
-    if config.method == "ddpo":
-        signal = _advantages(config, tracker, samples)[samples.local_rows]
-    else:
-        signal = reward_weights(samples.rewards, config.rwr_weighting, config.rwr_temperature)[samples.local_rows]
+    signal = signal[samples.local_rows]
     identifier = torch.tensor([samples.drawn[i].group == IDENTIFIER for i in samples.local_rows.tolist()])
-    per_epoch = config.inner_epochs * config.samples_per_epoch // config.train_batch_size
-    total, stats = config.epochs * per_epoch, []
+    accumulation, stats = config.gradient_accumulation_steps, []
     for inner in range(config.inner_epochs):
-        for batch, rows in enumerate(_minibatches(ctx, samples, epoch, inner)):
+        micro = _minibatches(ctx, samples, epoch, inner)
+        for update in range(len(micro) // accumulation):
             optimizer.zero_grad(set_to_none=True)
-            if config.method == "ddpo":
-                steps = _step_index(ctx, samples, rows, epoch, inner)
-                stats.append(ddpo_update(ctx, samples.trajectories, rows, steps, signal[rows], identifier[rows]))
-            else:
-                stats.append(rwr_update(ctx, samples.trajectories, rows, signal[rows], (epoch, inner, batch)))
-            preview = _to_pil(samples.preview) if batch == 0 and inner == 0 and callback is not None else None
-            if _optimizer_step(ctx, optimizer, stats[-1].loss, state, store, callback, total, preview):
+            done = accumulate(ctx, samples, micro[update * accumulation:(update + 1) * accumulation], signal,
+                              identifier, (epoch, inner, update))
+            stats += done
+            preview = _to_pil(samples.preview) if update == 0 and inner == 0 and callback is not None else None
+            loss = sum(s.loss for s in done) / len(done)
+            if _optimizer_step(ctx, optimizer, loss, state, store, callback, config.total_updates, preview):
                 return stats, True
     return stats, False
 
 
-def _advantages(config: RLConfig, tracker: PerPromptStatTracker, samples: EpochSamples) -> torch.Tensor:
-    """Advantages [N] of all processes' samples (the same on every process)."""
-    keys = [d.text for d in samples.drawn]
+def accumulate(ctx: RunContext, samples: EpochSamples, micro_batches: list[torch.Tensor], signal: torch.Tensor,
+               identifier: torch.Tensor, draw: tuple) -> list[StepStats]:
+    """Back-propagates one optimizer step's micro-batches (local row indices), each loss
+    scaled by 1 / their number: the accumulated gradient is the mean over all their samples
+    (and trained timesteps), the same as one batch of all of them. `signal` holds DDPO
+    advantages or RWR weights per local row; `draw` = (epoch, inner epoch, update)."""
+    scale, stats, offset = 1.0 / len(micro_batches), [], 0
+    for rows in micro_batches:
+        if ctx.config.method == "ddpo":
+            steps = _step_index(ctx, samples, rows, draw[0], draw[1])
+            stats.append(ddpo_update(ctx, samples.trajectories, rows, steps, signal[rows], identifier[rows], scale))
+        else:
+            slots = torch.arange(offset, offset + len(rows))
+            stats.append(rwr_update(ctx, samples.trajectories, rows, signal[rows], draw, scale, slots))
+        offset += len(rows)
+    return stats
+
+
+def epoch_signal(config: RLConfig, tracker: PerPromptStatTracker, samples: EpochSamples
+                 ) -> tuple[torch.Tensor, float | None]:
+    """DDPO advantages or RWR weights [N] of all processes' samples, and the share of samples
+    whose advantage fell back from per-prompt statistics (None for RWR)."""
+    if config.method != "ddpo":
+        return reward_weights(samples.rewards, config.rwr_weighting, config.rwr_temperature), None
+    keys, splits = [d.text for d in samples.drawn], [d.group for d in samples.drawn]
     if config.advantage == "tracker":
-        advantages = tracker.normalize(keys, samples.rewards)
+        advantages = tracker.advantages(keys, samples.rewards, splits)
     elif config.advantage == "group":
-        advantages = group_normalize(samples.rewards, keys)
+        advantages = group_advantages(samples.rewards, keys)
     else:
-        advantages = batch_normalize(samples.rewards)
-    return clip_advantages(advantages, config.adv_clip)
+        advantages = batch_advantages(samples.rewards)
+    return clip_advantages(advantages.values, config.adv_clip), advantages.fallback_share
 
 
 def _minibatches(ctx: RunContext, samples: EpochSamples, epoch: int, inner: int) -> list[torch.Tensor]:

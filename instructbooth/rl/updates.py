@@ -1,7 +1,8 @@
-"""One minibatch's loss and backward pass, for DDPO and for reward-weighted fine-tuning.
+"""One micro-batch's loss and backward pass, for DDPO and for reward-weighted fine-tuning.
 
-These accumulate gradients into the LoRA parameters; the trainer averages them over
-processes and steps the optimizer.
+These accumulate gradients into the LoRA parameters, each loss times `scale` (1 / the
+micro-batches per optimizer step, so the accumulated gradient is the mean over all of
+their samples); the trainer averages them over processes and steps the optimizer.
 """
 
 from __future__ import annotations
@@ -36,10 +37,11 @@ def ddpo_update(
     step_index: torch.Tensor,
     advantages: torch.Tensor,
     identifier: torch.Tensor,
+    scale: float = 1.0,
 ) -> StepStats:
     """DDPO on the samples at `rows` [m]: for each column j of step_index [m, K] (a step of
     each trajectory), re-score that step under the current model and back-propagate the
-    clipped surrogate (plus the KL guard on identifier samples), divided by K."""
+    clipped surrogate (plus the KL guard on identifier samples), times scale / K."""
     config, unet = ctx.config, ctx.components.unet
     uncond = ctx.uncond()
     device = ctx.device
@@ -60,7 +62,7 @@ def ddpo_update(
         policy = ddpo_loss(log_prob, samples.log_probs[rows_dev, index], adv, config.clip_range)
         penalty = _kl_penalty(ctx, step, x_t, timesteps, embeds, uncond, kl_rows)
         loss = policy.loss + config.kl_weight * penalty
-        ctx.precision.backward(loss / steps)
+        ctx.precision.backward(loss * (scale / steps))
         totals += torch.tensor([loss.item(), policy.clip_fraction.item(), policy.approx_kl.item(), penalty.item()])
     loss, clip_fraction, approx_kl, kl = (totals / steps).tolist()
     return StepStats(loss=loss, clip_fraction=clip_fraction, approx_kl=approx_kl, kl_penalty=kl)
@@ -90,36 +92,42 @@ def noised(ctx: RunContext, latents: torch.Tensor, generator: torch.Generator):
 
 
 def rwr_update(
-    ctx: RunContext, samples: Trajectories, rows: torch.Tensor, weights: torch.Tensor, draw: tuple
+    ctx: RunContext, samples: Trajectories, rows: torch.Tensor, weights: torch.Tensor, draw: tuple,
+    scale: float = 1.0, slots: torch.Tensor | None = None,
 ) -> StepStats:
     """Reward-weighted denoising loss on the final latents at `rows` plus prior_weight times
-    the denoising loss on the subject images, one batched UNet call. `draw` names the
-    minibatch (epoch, inner epoch, step) for its noise and timesteps."""
+    the denoising loss on the subject images, one batched UNet call, back-propagated times
+    `scale`. `draw` names the optimizer step (epoch, inner epoch, update) and `slots` the
+    micro-batch's places in it (default 0..m-1): noise follows each sample's seed and the
+    subject image of each slot is fixed per step, so micro-batching does not change them."""
     config, device = ctx.config, ctx.device
     rows_dev = rows.to(device)
+    slots = torch.arange(len(rows)) if slots is None else slots
     latents, embeds = samples.final_latents[rows_dev], samples.prompt_embeds[rows_dev]
     per_sample = [generator_for(config.seed, seed, *draw, "rwr") for seed in (samples.seeds[i] for i in rows.tolist())]
     parts = [noised(ctx, latents[i : i + 1], g) for i, g in enumerate(per_sample)]
     inputs, timesteps, targets = (torch.cat(p) for p in zip(*parts))
     prior = ctx.subject_latents is not None and config.prior_weight > 0
     if prior:
-        chosen, p_inputs, p_timesteps, p_targets = _prior_batch(ctx, len(rows), draw)
+        p_inputs, p_timesteps, p_targets = _prior_batch(ctx, slots, draw)
         inputs, timesteps = torch.cat([inputs, p_inputs]), torch.cat([timesteps, p_timesteps])
-        subject = ctx.embeddings([ctx.subject_prompt]).to(device).expand(len(chosen), -1, -1)
+        subject = ctx.embeddings([ctx.subject_prompt]).to(device).expand(len(slots), -1, -1)
         embeds = torch.cat([embeds, subject])
     with ctx.precision.autocast():
         prediction = ctx.components.unet(inputs, timesteps, encoder_hidden_states=embeds).sample.float()
     m = len(rows)
     losses = rwr_loss(prediction[:m], targets, weights.to(device),
                       prediction[m:] if prior else None, p_targets if prior else None, config.prior_weight)
-    ctx.precision.backward(losses.loss)
+    ctx.precision.backward(losses.loss * scale)
     return StepStats(loss=losses.loss.item(), weighted=losses.weighted.item(), prior=losses.prior.item())
 
 
-def _prior_batch(ctx: RunContext, count: int, draw: tuple):
-    """`count` subject images (as many as there are, if fewer), noised; the same on every process."""
-    generator = generator_for(ctx.config.seed, *draw, "prior")
+def _prior_batch(ctx: RunContext, slots: torch.Tensor, draw: tuple):
+    """The subject image of each slot of the optimizer step `draw` (a seeded permutation of
+    the images, cycled), noised with the slot's own generator; the same on every process."""
     total = len(ctx.subject_latents)
-    chosen = torch.randperm(total, generator=generator)[: min(count, total)]
-    inputs, timesteps, targets = noised(ctx, ctx.subject_latents[chosen.to(ctx.device)], generator)
-    return chosen, inputs, timesteps, targets
+    order = torch.randperm(total, generator=generator_for(ctx.config.seed, *draw, "prior"))
+    parts = [noised(ctx, ctx.subject_latents[int(order[int(s) % total])].unsqueeze(0),
+                    generator_for(ctx.config.seed, *draw, int(s), "prior noise")) for s in slots]
+    inputs, timesteps, targets = (torch.cat(p) for p in zip(*parts))
+    return inputs, timesteps, targets
