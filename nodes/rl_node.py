@@ -14,7 +14,7 @@ from ..instructbooth.prompts import (
     parse_prompt_lines,
     shipped_prompt_sets,
 )
-from ..instructbooth.rl.config import RLConfig
+from ..instructbooth.rl.config import ADVANTAGE_MODES, RLConfig
 from ..instructbooth.rl.metrics import draw_reward_curve
 from ..instructbooth.training import state_fingerprint
 from ..instructbooth.rl.trainer import train_rl
@@ -75,6 +75,25 @@ class RLFineTune(io.ComfyNode):
                              tooltip="Sampling calls per epoch (samples per epoch = batch_size x this)."),
                 io.Int.Input("train_batch_size", default=DEFAULTS.train_batch_size, min=1, max=256,
                              tooltip="Samples per optimizer step; must divide the samples per epoch."),
+                io.Int.Input("gradient_accumulation_steps", default=DEFAULTS.gradient_accumulation_steps, min=1,
+                             max=256, tooltip="Micro-batches per optimizer step: each update averages train_batch_size "
+                             "x this many samples while memory stays at one micro-batch (default 2 x 4 = 8)."),
+                io.Int.Input("images_per_prompt", default=DEFAULTS.images_per_prompt, min=1, max=256,
+                             tooltip="Images of each drawn prompt, sampled together; must divide batch_size. With "
+                             "advantage 'group' each image is compared with its prompt's other images."),
+                io.Combo.Input("advantage", options=list(ADVANTAGE_MODES), default=DEFAULTS.advantage,
+                               tooltip="How rewards become advantages. group: against the same prompt's images this "
+                               "epoch (needs images_per_prompt >= 2); tracker: DDPO's running per-prompt statistics "
+                               "(falls back to the epoch's until tracker_min_count); batch: the whole epoch."),
+                io.Int.Input("tracker_min_count", default=DEFAULTS.tracker_min_count, min=1, max=10000,
+                             tooltip="advantage 'tracker': rewards a prompt needs before its own statistics are used."),
+                io.Float.Input("timestep_window", default=DEFAULTS.timestep_window, min=0.01, max=1.0, step=0.01,
+                               tooltip="Share of each trajectory, from its start, that DDPO trains on. 0.96 leaves out "
+                               "the last 2 of 50 steps, whose tiny noise would dominate the gradient."),
+                io.Float.Input("timestep_fraction", default=DEFAULTS.timestep_fraction, min=0.01, max=1.0, step=0.01,
+                               tooltip="Share of the window's steps trained per sample (a random subset): less is faster."),
+                io.Float.Input("clip_range", default=DEFAULTS.clip_range, min=1e-6, max=1.0, step=1e-5, round=1e-6,
+                               tooltip="DDPO: the likelihood ratio is clipped to 1 +- this."),
                 io.Float.Input("learning_rate", default=DEFAULTS.learning_rate, min=1e-7, max=1e-1, step=1e-6,
                                round=1e-7, tooltip="AdamW learning rate of the RL LoRA."),
                 io.Int.Input("lora_rank", default=DEFAULTS.lora_rank, min=1, max=128,
@@ -105,8 +124,8 @@ class RLFineTune(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, prompts, identifier, lora_name) -> bool | str:
-        problems = []
+    def validate_inputs(cls, prompts, identifier, lora_name, **settings) -> bool | str:
+        problems = [settings_problem(settings)]
         if prompts is not None:
             try:
                 prompt_templates(prompts)
@@ -163,8 +182,7 @@ def _train(state, model, image_reward, prompts, config, base_lora, subject_image
         components = components_from_ldm(state, device=bridge.training_device(),
                                          hints=bridge.architecture_hints(model), copy=False)
         state.clear()
-        per_epoch = config.inner_epochs * config.samples_per_epoch // config.train_batch_size
-        progress = bridge.ComfyProgress(config.epochs * per_epoch)
+        progress = bridge.ComfyProgress(config.total_updates)
         result = train_rl(components, reward, prompts, config, progress, run.path, resume=True, base_lora=base_lora,
                           subject_images=subject_images)
         progress.raise_if_cancelled()
@@ -195,15 +213,31 @@ def prompt_templates(text: str) -> list[str]:
     return list(dict.fromkeys(templates))
 
 
+# Node inputs named differently from their RLConfig fields; every other setting input has its field's name.
+RENAMED = {"resolution": ("height", "width"), "batch_size": ("sample_batch_size",),
+           "batches_per_epoch": ("sample_batches",)}
+NOT_SETTINGS = ("model", "clip", "vae", "image_reward", "prompts", "identifier", "class_noun", "description",
+                "lora_name", "lora", "subject_images")
+
+
 def _config(settings: dict) -> RLConfig:
-    return RLConfig(
-        method=settings["method"], epochs=settings["epochs"], sample_steps=settings["sample_steps"],
-        guidance=settings["guidance"], height=settings["resolution"], width=settings["resolution"],
-        sample_batch_size=settings["batch_size"], sample_batches=settings["batches_per_epoch"],
-        train_batch_size=settings["train_batch_size"], learning_rate=settings["learning_rate"],
-        lora_rank=settings["lora_rank"], lora_alpha=float(settings["lora_rank"]),
-        identifier_ratio=settings["identifier_ratio"], use_description=settings["use_description"],
-        kl_weight=settings["kl_weight"], prior_weight=settings["prior_weight"],
-        mixed_precision=settings["mixed_precision"], gradient_checkpointing=settings["gradient_checkpointing"],
-        seed=settings["seed"],
-    )
+    """The RLConfig of the node's setting inputs (the LoRA alpha follows its rank)."""
+    values = {}
+    for name, value in settings.items():
+        if name not in NOT_SETTINGS:
+            values.update({field: value for field in RENAMED.get(name, (name,))})
+    if "lora_rank" in values:
+        values["lora_alpha"] = float(values["lora_rank"])
+    return RLConfig(**values)
+
+
+def settings_problem(settings: dict) -> str:
+    """What is wrong with the setting inputs (RLConfig's refusal), or "" (also when some are linked)."""
+    expected = {i.id for i in RLFineTune.define_schema().inputs} - set(NOT_SETTINGS) - {"prompts", "identifier"}
+    if not expected <= set(settings):
+        return ""
+    try:
+        _config(settings)
+    except ValueError as error:
+        return str(error)
+    return ""

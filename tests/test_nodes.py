@@ -236,3 +236,25 @@ def test_rl_prompts_lacking_id_or_naming_unknown_sets_fail_validation(nodes, tex
 
 def test_rl_validation_passes_good_input(nodes):
     assert nodes["InstructBoothRLFineTune"].validate_inputs("{id} riding a bicycle", "sks", "ib/rl") is True
+
+
+def _rl_widget_defaults(node) -> dict:
+    """The RL node's setting widgets at their defaults (what a freshly added node holds)."""
+    skip = {"model", "clip", "vae", "image_reward", "prompts", "identifier", "lora_name", "lora", "subject_images"}
+    return {i.id: i.extra.get("default") for i in node.define_schema().inputs if i.id not in skip}
+
+
+def test_rl_node_defaults_are_the_library_recipe_and_bad_settings_fail_validation(nodes):
+    node = nodes["InstructBoothRLFineTune"]
+    widgets = _rl_widget_defaults(node)
+    config = pack_module("nodes.rl_node")._config(widgets)
+    library = pack_module("instructbooth.rl.config").RLConfig()
+    assert config == library  # the node's defaults are exactly RLConfig()'s
+    for name in ("advantage", "images_per_prompt", "gradient_accumulation_steps", "timestep_window",
+                 "tracker_min_count", "kl_weight", "identifier_ratio", "learning_rate", "epochs"):
+        assert name in widgets, name
+    assert node.validate_inputs("{id} riding a bicycle", "sks", "ib/rl", **widgets) is True
+    message = node.validate_inputs("{id} riding a bicycle", "sks", "ib/rl", **{**widgets, "images_per_prompt": 1})
+    assert isinstance(message, str) and "images_per_prompt=1 every advantage is 0" in message
+    message = node.validate_inputs("{id} riding a bicycle", "sks", "ib/rl", **{**widgets, "batch_size": 6})
+    assert "images_per_prompt 4 must be >= 1 and divide sample_batch_size 6" in message
