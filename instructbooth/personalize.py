@@ -37,7 +37,7 @@ from .objectives import denoising_target
 
 # Config fields a resumed run may change (everything else must match the checkpoint).
 RESUMABLE_CHANGES = ("steps", "checkpoint_every", "keep_checkpoints", "validation_prompts", "validation_every",
-                     "validation_steps", "validation_guidance")
+                     "validation_steps", "validation_guidance", "validation_eta")
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,8 @@ class PersonalizeConfig:
     max_grad_norm: float | None = 1.0  # gradient-norm clipping; None turns it off
     # data
     resolution: int = 512  # training images are resolution x resolution pixels
-    flip: bool = True  # random horizontal flips (probability 0.5)
+    flip: bool = False  # random horizontal flips (probability 0.5); off as in diffusers' DreamBooth scripts:
+    #                     they mirror asymmetric subjects (text, a logo on one side)
     min_image_side: float = 0.5  # shorter side below this fraction of the resolution is an error ...
     allow_upscale: bool = False  # ... unless upscaling is allowed (blurry results)
     cache: bool = True  # encode images and (frozen) prompts once; False re-encodes every step (slower)
@@ -75,7 +76,9 @@ class PersonalizeConfig:
     prior_preservation: bool = False  # add the class-image denoising loss
     prior_weight: float = 1.0  # weight of that loss (DreamBooth uses 1)
     num_class_images: int = 100  # class images to generate when none are given
-    class_sample_steps: int = 25  # sampler steps per generated class image
+    class_sample_steps: int = 50  # sampler steps per generated class image (diffusers' DreamBooth script: 50)
+    class_eta: float = 0.0  # DDIM noise of class images: 0 = deterministic, as the reference script's pipeline
+    #                         (eta 1 gives a noisier, softer class prior)
     class_guidance: float = 7.5  # classifier-free guidance of the class images
     # memory and speed
     mixed_precision: str = "no"  # "no", "fp16" or "bf16": frozen weights in 16 bits, LoRA in fp32
@@ -86,7 +89,8 @@ class PersonalizeConfig:
     keep_checkpoints: int = 2  # newest checkpoints kept on disk
     validation_prompts: tuple[str, ...] = ()  # templates ({id}, {cls}, {desc}) sampled during training
     validation_every: int = 0  # steps between validation samples; 0 = never
-    validation_steps: int = 25  # sampler steps of a validation image
+    validation_steps: int = 50  # sampler steps of a validation image
+    validation_eta: float = 0.0  # DDIM noise of validation images (0 = deterministic)
     validation_guidance: float = 7.5  # guidance of a validation image
 
     def lora_config(self) -> LoraConfig:
@@ -202,7 +206,7 @@ def generate_class_images(components: SDComponents, prompt: str, config: Persona
     for start in range(0, len(seeds), batch):
         part = seeds[start : start + batch]
         images.append(sample_images(components, [prompt] * len(part), part, num_steps=config.class_sample_steps,
-                                    guidance=config.class_guidance, height=config.resolution,
+                                    guidance=config.class_guidance, eta=config.class_eta, height=config.resolution,
                                     width=config.resolution).cpu())
         if progress is not None and progress(start + len(part), count):
             raise ClassImagesStopped(f"stopped after {start + len(part)} of {count} class images")
@@ -329,7 +333,8 @@ def validate(components: SDComponents, config: PersonalizeConfig, step: int, pre
     try:
         with precision.autocast():
             images = sample_images(components, prompts, seeds, num_steps=config.validation_steps,
-                                   guidance=config.validation_guidance, height=config.resolution,
+                                   guidance=config.validation_guidance, eta=config.validation_eta,
+                                   height=config.resolution,
                                    width=config.resolution)
     finally:
         for module, training in modes:
@@ -382,7 +387,7 @@ def check_config(config: PersonalizeConfig, components: SDComponents) -> None:
     for name, value in positive.items():
         if not value > 0:
             raise ValueError(f"{name} must be positive, got {value}")
-    for name in ("checkpoint_every", "validation_every", "warmup_steps", "prior_weight"):
+    for name in ("checkpoint_every", "validation_every", "warmup_steps", "prior_weight", "class_eta", "validation_eta"):
         if getattr(config, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {getattr(config, name)}")
     vae_factor = 64 // latent_shape(components, 64, 64)[1]

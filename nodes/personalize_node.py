@@ -16,7 +16,7 @@ LORA_MODEL, LOSS_MAP = io.Custom("LORA_MODEL"), io.Custom("LOSS_MAP")
 IMAGE_INPUTS = ("images", "class_images")  # inputs that stay lists (several batches of any size)
 # Settings that do not change the trained LoRA (left out of the run key; a resumed run may change them).
 RUN_CONTROL = ("checkpoint_every", "keep_checkpoints", "validation_prompts", "validation_every", "validation_steps",
-               "validation_guidance")
+               "validation_guidance", "validation_eta")
 
 
 class Personalize(io.ComfyNode):
@@ -54,6 +54,9 @@ class Personalize(io.ComfyNode):
                              tooltip="Training image side in pixels (512 for SD1.5)."),
                 io.Int.Input("batch_size", default=DEFAULTS.batch_size, min=1, max=64,
                              tooltip="Photos per step (more needs more memory)."),
+                io.Boolean.Input("flip", default=DEFAULTS.flip,
+                                 tooltip="Random horizontal flips of the photos. Off by default: they mirror "
+                                 "asymmetric subjects (text, a logo on one side)."),
                 io.Boolean.Input("train_text_encoder", default=DEFAULTS.train_text_encoder,
                                  tooltip="Also train a LoRA on the text encoder (stronger binding, more memory)."),
                 io.Boolean.Input("prior_preservation", default=DEFAULTS.prior_preservation,
@@ -137,7 +140,7 @@ def _config(values: dict) -> PersonalizeConfig:
         identifier=values["identifier"].strip(), class_noun=values["class_noun"].strip(),
         description=values["description"].strip(), rank=values["rank"], alpha=float(values["rank"]),
         steps=values["steps"], batch_size=values["batch_size"], learning_rate=values["learning_rate"],
-        resolution=values["resolution"], train_text_encoder=values["train_text_encoder"],
+        resolution=values["resolution"], flip=values["flip"], train_text_encoder=values["train_text_encoder"],
         prior_preservation=values["prior_preservation"], num_class_images=values["num_class_images"],
         mixed_precision=values["mixed_precision"], gradient_checkpointing=values["gradient_checkpointing"],
         seed=values["seed"], checkpoint_every=values["checkpoint_every"],

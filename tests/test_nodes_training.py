@@ -62,7 +62,7 @@ def personalize_inputs(model, clip, vae, images, **changes) -> dict:
     settings = dict(identifier="sks", class_noun="plushie", description="", lora_name="ib/sks", steps=3,
                     learning_rate=1e-3, rank=2, resolution=32, batch_size=1, train_text_encoder=False,
                     prior_preservation=False, num_class_images=2, mixed_precision="no", gradient_checkpointing=False,
-                    seed=0, checkpoint_every=0, preview_every=0)
+                    seed=0, checkpoint_every=0, preview_every=0, flip=False)
     settings.update(changes)
     # is_input_list node: ComfyUI passes every input as a list
     return {"model": [model], "clip": [clip], "vae": [vae], "images": images, **{k: [v] for k, v in settings.items()}}

@@ -281,6 +281,36 @@ def test_generated_class_images_are_deterministic_and_used():
     assert [(r.stage, r.step, r.total) for r in reports] == [("class_images", 2, 2), ("train", 1, 2), ("train", 2, 2)]
 
 
+def test_class_images_default_to_deterministic_ddim_at_50_steps_and_flips_are_off():
+    from instructbooth.commands.personalize import add_arguments, config_from_args
+    from instructbooth.sampling import sample_images
+
+    defaults = PersonalizeConfig()
+    assert (defaults.class_sample_steps, defaults.class_eta, defaults.flip) == (50, 0.0, False)
+    assert (defaults.validation_steps, defaults.validation_eta) == (50, 0.0)
+    parts = tiny_components()
+    config = small_config(prior_preservation=True, num_class_images=2, class_sample_steps=3)
+    generated = generate_class_images(parts, "a photo of plushie", config)
+    seeds = [config.seed + 1_000_000 + i for i in range(2)]
+    plain_ddim = sample_images(parts, ["a photo of plushie"] * 2, seeds, num_steps=3, guidance=config.class_guidance,
+                               eta=0.0, height=32, width=32)
+    noisy = sample_images(parts, ["a photo of plushie"] * 2, seeds, num_steps=3, guidance=config.class_guidance,
+                          eta=1.0, height=32, width=32)
+    assert torch.equal(generated, (plain_ddim * 255).round() / 255)
+    assert not torch.equal(generated, (noisy * 255).round() / 255)
+    assert torch.equal(generate_class_images(parts, "a photo of plushie", dataclasses.replace(config, class_eta=1.0)),
+                       (noisy * 255).round() / 255)
+
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    base = ["--checkpoint", "x", "--images", "p", "--output", "o.safetensors"]
+    assert config_from_args(parser.parse_args(base)).flip is False
+    flipped = config_from_args(parser.parse_args(base + ["--flip", "--class-sample-steps", "25", "--class-eta", "1"]))
+    assert (flipped.flip, flipped.class_sample_steps, flipped.class_eta) == (True, 25, 1.0)
+
+
 def test_stop_while_class_images_are_generated(tmp_path):
     config = small_config(steps=3, prior_preservation=True, num_class_images=12, class_sample_steps=2)
     reports = []

@@ -43,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              ("--seed", "seed", int)):
         train.add_argument(flag, type=kind, default=_default(name), help=f"(default {_default(name)})")
     train.add_argument("--train-text-encoder", action="store_true", help="LoRA on the text encoder too")
-    train.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
+    train.add_argument("--flip", action="store_true",
+                       help="random horizontal flips (off by default: they mirror asymmetric subjects)")
     train.add_argument("--allow-upscale", action="store_true", help="accept photos much smaller than the resolution")
     train.add_argument("--no-cache", action="store_true", help="re-encode images and prompts every step (slower)")
     train.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
@@ -53,6 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     prior.add_argument("--prior-weight", type=float, default=_default("prior_weight"))
     prior.add_argument("--class-images", default=None, help="folder of class images (missing ones generated there)")
     prior.add_argument("--num-class-images", type=int, default=_default("num_class_images"))
+    prior.add_argument("--class-sample-steps", type=int, default=_default("class_sample_steps"),
+                       help=f"sampler steps per class image (default {_default('class_sample_steps')})")
+    prior.add_argument("--class-eta", type=float, default=_default("class_eta"),
+                       help=f"DDIM noise of class images, 0 = deterministic (default {_default('class_eta')})")
     run_group = parser.add_argument_group("run")
     run_group.add_argument("--checkpoint-dir", default=None, help="folder for resumable training checkpoints")
     run_group.add_argument("--checkpoint-every", type=int, default=_default("checkpoint_every"))
@@ -71,9 +76,10 @@ def config_from_args(args: argparse.Namespace):
         instance_template=args.instance_template, class_template=args.class_template, use_captions=not args.no_captions,
         rank=args.rank, alpha=args.alpha, train_text_encoder=args.train_text_encoder, steps=args.steps,
         batch_size=args.batch_size, learning_rate=args.learning_rate, warmup_steps=args.warmup_steps,
-        resolution=args.resolution, flip=not args.no_flip, allow_upscale=args.allow_upscale, cache=not args.no_cache,
+        resolution=args.resolution, flip=args.flip, allow_upscale=args.allow_upscale, cache=not args.no_cache,
         prior_preservation=args.prior_preservation, prior_weight=args.prior_weight,
-        num_class_images=args.num_class_images, mixed_precision=args.mixed_precision,
+        num_class_images=args.num_class_images, class_sample_steps=args.class_sample_steps,
+        class_eta=args.class_eta, mixed_precision=args.mixed_precision,
         gradient_checkpointing=args.gradient_checkpointing, seed=args.seed, checkpoint_every=args.checkpoint_every,
         validation_prompts=tuple(args.validation_prompt), validation_every=args.validation_every,
     )
