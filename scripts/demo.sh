@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs (scripts/setup.sh) and runs the embedded demo: personalize -> RL -> report.
+# Runs in the caller's directory, so a relative --out lands where you are.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-exec "${VENV:-.venv}/bin/instructbooth" demo "$@"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+bash "$ROOT/scripts/setup.sh"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
+VENV="${VENV:-.venv}"
+case "$VENV" in /*) ;; *) VENV="$ROOT/$VENV" ;; esac
+exec "$VENV/bin/instructbooth" demo "$@"

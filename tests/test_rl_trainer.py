@@ -51,10 +51,11 @@ def unet_output(components, seed: int = 0) -> torch.Tensor:
         return components.unet(x, 400, encoder_hidden_states=cond).sample
 
 
-# Measured over RL seeds 0-7 (tiny_components(0), 5 epochs of 64 samples, 8 DDIM steps, brightness):
-# the held-out reward (4 prompts x 8 fixed seeds, before vs after) rose by 0.0078 to 0.0251, mean 0.0174
-# (seed 1: 0.0196); one image's reward has a std of about 0.005. We assert half of the smallest rise.
-RISE_MEASURED_MIN = 0.0078
+# Measured over RL seeds 0-7 (tiny_components(0), 5 epochs of 64 samples = 8 prompts x 8 images, group
+# advantages, 8 DDIM steps, brightness): the held-out reward (4 prompts x 8 fixed seeds, before vs after)
+# rose by 0.0113 to 0.0228, mean 0.0182 (seed 1: 0.0204); one image's reward has a std of about 0.005.
+# We assert half of the smallest rise.
+RISE_MEASURED_MIN = 0.0113
 
 
 def test_brightness_reward_rises_on_fixed_prompts():
