@@ -60,13 +60,24 @@ def _config_fields():
 
 
 def _field_comments(cls) -> dict[str, str]:
-    """`name -> comment` from the dataclass source (`name: type = default  # comment`)."""
+    """`name -> comment` from the dataclass source: `name: type = default  # comment`, plus
+    the comment-only lines right below it (the reasons of the defaults)."""
     try:
         source = inspect.getsource(cls)
     except (OSError, TypeError):
         return {}
-    pattern = re.compile(r"^\s+(\w+): [^=]+=[^#]*#\s*(.+)$")
-    return {m.group(1): m.group(2).strip() for m in map(pattern.match, source.splitlines()) if m}
+    field = re.compile(r"^\s+(\w+): [^=]+=[^#]*#\s*(.+)$")
+    more = re.compile(r"^\s+#\s+(.+)$")
+    comments, current = {}, None
+    for line in source.splitlines():
+        if (match := field.match(line)):
+            current = match.group(1)
+            comments[current] = match.group(2).strip()
+        elif current and (match := more.match(line)):
+            comments[current] += " " + match.group(1).strip()
+        else:
+            current = None
+    return comments
 
 
 def _add_config_flags(group) -> None:
