@@ -9,7 +9,8 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_FIXTURES = Path(os.environ.get("INSTRUCTBOOTH_FIXTURES", REPO.parent / "shared" / "fixtures"))
+# An explicit folder of fixtures (the original ../shared/fixtures layout) replaces the in-repo copy.
+EXPLICIT_FIXTURES = os.environ.get("INSTRUCTBOOTH_FIXTURES")
 
 # Tiny models spend their time in thread hand-offs, not arithmetic: one thread ran the
 # DPO tests in 17 s where two took 114 s on the same 2-core machine (measured).
@@ -25,7 +26,15 @@ def tiny():
 
 
 @pytest.fixture(scope="session")
-def shared_fixtures() -> Path:
-    if not SHARED_FIXTURES.is_dir():
-        pytest.skip(f"shared fixtures not found at {SHARED_FIXTURES}; set INSTRUCTBOOTH_FIXTURES")
-    return SHARED_FIXTURES
+def shared_fixtures(tmp_path_factory) -> Path:
+    """A folder holding imagereward_tiny/ in the reference's layout: rebuilt from the compact
+    copy in tests/data (tests/imagereward_fixture.py), or $INSTRUCTBOOTH_FIXTURES when set."""
+    if EXPLICIT_FIXTURES:
+        if not Path(EXPLICIT_FIXTURES, "imagereward_tiny").is_dir():
+            raise pytest.UsageError(f"INSTRUCTBOOTH_FIXTURES={EXPLICIT_FIXTURES} has no imagereward_tiny/ folder")
+        return Path(EXPLICIT_FIXTURES)
+    from imagereward_fixture import materialize
+
+    root = tmp_path_factory.mktemp("fixtures")
+    materialize(root / "imagereward_tiny")
+    return root
