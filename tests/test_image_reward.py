@@ -34,7 +34,7 @@ from instructbooth.rewards import (
     infer_config,
     random_image_reward_model,
 )
-from instructbooth.rewards.image_preprocess import preprocess_pil, preprocess_tensor, to_bchw
+from instructbooth.rewards.image_preprocess import CLIP_STD, preprocess_exact, preprocess_pil, preprocess_tensor, to_bchw
 from instructbooth.rewards.image_reward_model import ImageRewardModel, to_official_keys
 
 PARITY_TOL = 1e-4  # the fixture README's bound for float32
@@ -183,13 +183,89 @@ def test_tensor_only_path_is_close_to_the_reference(scorer, expected, image_file
     assert scorer.score(images[1], "x").item() == pytest.approx(scorer.score([image_files[1]], "x").item(), abs=1e-6)
 
 
-def test_differentiable_path_gives_gradients_and_the_same_scores(scorer, image_files):
-    image = as_unit_tensor(Image.open(image_files[0]).convert("RGB")).permute(0, 3, 1, 2).clone()
-    image.requires_grad_(True)
-    scores = scorer.score_differentiable(image, "a cat")
-    scores.sum().backward()
-    assert image.grad is not None and torch.isfinite(image.grad).all() and image.grad.abs().sum() > 0
-    assert scores.detach().item() == pytest.approx(scorer.score(image.detach(), "a cat").item(), abs=1e-6)
+def test_differentiable_path_gives_gradients_close_to_the_exact_scores(scorer, image_files):
+    for path in image_files:  # RGB, grey, opaque RGBA: each with its own channels
+        image = as_unit_tensor(Image.open(path)).clone().requires_grad_(True)
+        scores = scorer.score_differentiable(image, "a cat")
+        scores.sum().backward()
+        assert image.grad is not None and torch.isfinite(image.grad).all() and image.grad.abs().sum() > 0
+        exact = scorer.score(image.detach(), "a cat").item()
+        assert scores.detach().item() == pytest.approx(exact, abs=TENSOR_PATH_SCORE_TOL), path.name
+
+
+# --- tensors score what their saved files score (ComfyUI's IMAGE batches) -----------------
+
+
+def picture(height: int, width: int, channels: int, seed: int) -> torch.Tensor:
+    """A picture-like [H, W, C] tensor in [0, 1]: smooth colour fields and a hard band."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(1, channels, height // 16 + 2, width // 16 + 2, generator=generator)
+    image = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bicubic").clamp(0, 1)[0]
+    image[:, height // 3 : height // 2] = torch.rand(channels, 1, 1, generator=generator)
+    return image.permute(1, 2, 0)
+
+
+def saved_as_comfyui_does(image: torch.Tensor, path: Path) -> Path:
+    """ComfyUI's Save Image: clip(255 x) as uint8, a PNG of the image's channels."""
+    array = np.clip(image.numpy() * 255.0, 0, 255).astype(np.uint8)
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}[array.shape[-1]]
+    Image.fromarray(array[..., 0] if mode == "L" else array, mode).save(path)
+    return path
+
+
+TRANSPARENT = "rgba with transparency"
+FULL_SIZE_CASES = {  # name -> (height, width, channels): SD's output, small, large, grey, transparent
+    "rgb 512x512": (512, 512, 3), "rgb 72x96": (72, 96, 3), "rgb 1536x2048": (1536, 2048, 3),
+    "grey 400x150": (400, 150, 1), TRANSPARENT: (384, 512, 4),
+}
+
+
+def full_size_image(name: str) -> torch.Tensor:
+    height, width, channels = FULL_SIZE_CASES[name]
+    image = picture(height, width, channels, seed=len(name))
+    if name == TRANSPARENT:
+        image[..., 3] = torch.where(image[..., 3] > 0.5, image[..., 3], torch.zeros(()))  # a third fully clear
+    return image
+
+
+@pytest.mark.parametrize("name", list(FULL_SIZE_CASES))
+def test_tensor_scores_equal_the_saved_files_at_full_size(scorer, tmp_path, name):
+    """The fixture model preprocesses at the reference's full 224 px: a tensor's score equals
+    the score of the PNG that Save Image writes for it (pixels bit for bit)."""
+    image = full_size_image(name)
+    path = saved_as_comfyui_does(image, tmp_path / "saved.png")
+    assert torch.equal(preprocess_exact(image[None], layout="BHWC"), preprocess_pil(Image.open(path))[None])
+    for layout, batch in (("BHWC", image[None]), ("BCHW", image.permute(2, 0, 1)[None])):
+        assert scorer.score(batch, "a cat", layout=layout).item() == scorer.score([path], "a cat").item()
+
+
+@pytest.mark.parametrize("name", list(FULL_SIZE_CASES))
+def test_differentiable_pixels_stay_within_a_level_of_the_files(name):
+    """Measured at full size: within 1.1 levels of 255 everywhere for RGB and grey; with
+    transparency, 12 near-transparent pixels of 50176 off by up to 16 levels (a colour divided
+    by an alpha of a few levels), every other pixel within a level (before the 8-bit
+    premultiplied steps: 552 pixels, up to 262 levels, on another transparent image)."""
+    image = full_size_image(name)
+    saved = torch.from_numpy(np.clip(image.numpy() * 255.0, 0, 255).astype(np.uint8)).float() / 255
+    exact = preprocess_exact(image[None], layout="BHWC")
+    error = (preprocess_tensor(saved[None], layout="BHWC") - exact).abs() * torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    levels = error.amax(1) * 255  # worst channel per pixel, in 8-bit levels
+    assert (levels > 1.15).sum() <= (25 if name == TRANSPARENT else 0), levels.max()  # 25: 0.05% of the pixels
+    assert levels.mean() < 0.5  # measured 0.34-0.43 (worst channel per pixel)
+
+
+def test_transparent_pixels_score_as_the_reference_treats_them(scorer, tmp_path):
+    """The reference resizes RGBA premultiplied (clear pixels become black) and then drops
+    alpha; dropping alpha first scored 0.25 off on a transparent image at full size. On the
+    picture as saved (8-bit), the differentiable path is now 2.4e-5 from the file's score
+    (measured); dropping alpha first gives a clearly different score."""
+    image = full_size_image(TRANSPARENT)
+    file_score = scorer.score([saved_as_comfyui_does(image, tmp_path / "t.png")], "a cat").item()
+    assert scorer.score(image[None], "a cat").item() == file_score
+    saved = torch.from_numpy(np.clip(image.numpy() * 255.0, 0, 255).astype(np.uint8)).float()[None] / 255
+    assert scorer.score_differentiable(saved, "a cat").item() == pytest.approx(file_score, abs=1e-4)
+    alpha_dropped = scorer.score_differentiable(saved[..., :3], "a cat").item()
+    assert abs(alpha_dropped - file_score) > 10 * abs(scorer.score_differentiable(saved, "a cat").item() - file_score)
 
 
 # --- batching, layouts, prompts, dtypes --------------------------------------------------

@@ -1,4 +1,4 @@
-"""Images -> the normalised 224x224 pixels ImageReward reads, two ways.
+"""Images -> the normalised 224x224 pixels ImageReward reads, three ways.
 
 `preprocess_pil`: the reference's pipeline step by step (torchvision's Resize(224, BICUBIC),
 CenterCrop(224), convert("RGB"), ToTensor, Normalize with CLIP's mean/std), done with PIL
@@ -8,11 +8,18 @@ image's own mode, as in the reference: palette ("P") and bilevel ("1") images ar
 nearest-neighbour by PIL, RGBA premultiplied. 16-bit and 32-bit integer/float images
 ("I;16", "I", "F") are first scaled to 8-bit "L" (the reference would clip them to 255).
 
+`preprocess_exact`: tensors in [0, 1] as the pictures a file would hold: quantised to 8 bits
+the way ComfyUI's Save Image (and PIL's fromarray of `x * 255` as uint8) does, clip then
+truncate, made into PIL images (1 channel "L", 3 "RGB", 4 "RGBA") and sent through
+`preprocess_pil`. A tensor scores exactly what the same picture saved as a PNG scores with
+the reference. Not differentiable.
+
 `preprocess_tensor`: the same geometry on tensors in [0, 1], differentiable (torch bicubic
 interpolation with antialiasing, which is PIL's filter; horizontal then vertical pass, each
-clipped to [0, 1] as PIL's 8-bit passes are; then the crop). It differs from the PIL path
-only by PIL's rounding to 8 bits after each pass (about one level in 255); images that are
-already 224x224 pass unchanged.
+clipped to [0, 1] as PIL's 8-bit passes are; then the crop). With 4 channels it resizes as
+PIL resizes RGBA, premultiplied by alpha (fully transparent pixels end black), then drops
+alpha. It differs from the exact path by PIL's rounding to 8 bits after each pass; the
+distance, measured at full size, is in benchmarks/image_reward_paths.py and the README.
 
 Tensor layouts: ComfyUI's IMAGE is [B, H, W, C]; torch's is [B, C, H, W]. `to_bchw`
 detects which by the channel dim (1, 3 or 4 channels); 1 channel is grey (repeated to RGB),
@@ -99,6 +106,42 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
 
 
+# --- exact tensor path (the PIL path on the pictures a file would hold) ---------------------
+
+
+PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+
+
+def quantize_8bit(images: Tensor) -> np.ndarray:
+    """Tensor in [0, 1] -> uint8 array, as ComfyUI saves images: clip(255 x, 0, 255), truncated."""
+    return np.clip(images.detach().float().cpu().numpy() * 255.0, 0, 255).astype(np.uint8)
+
+
+def tensor_to_pil(images: Tensor, layout: Layout = "auto") -> list[Image.Image]:
+    """Images in [0, 1] ([B, C, H, W], [B, H, W, C] or one image) -> PIL images of the
+    same channels (grey "L", "RGB", "RGBA"), quantised as a saved PNG would be."""
+    if images.ndim == 3:
+        images = images[None]
+    if images.ndim != 4:
+        raise ValueError(f"expected images [B, C, H, W] or [B, H, W, C], got shape {tuple(images.shape)}")
+    layout = _detect_layout(images.shape) if layout == "auto" else layout
+    if layout == "BCHW":
+        images = images.permute(0, 2, 3, 1)
+    elif layout != "BHWC":
+        raise ValueError(f"unknown layout {layout!r}; use 'auto', 'BCHW' or 'BHWC'")
+    channels = images.shape[-1]
+    if channels not in PIL_MODES:
+        raise ValueError(f"expected 1, 3 or 4 channels, got {channels}")
+    arrays = quantize_8bit(images)
+    return [Image.fromarray(a[..., 0] if channels == 1 else a, PIL_MODES[channels]) for a in arrays]
+
+
+def preprocess_exact(images: Tensor, size: int = 224, layout: Layout = "auto") -> Tensor:
+    """Images in [0, 1] -> normalised pixels [B, 3, size, size], exactly as their PNG files
+    would be preprocessed by the reference (on the CPU; no gradients)."""
+    return preprocess_pil_batch(tensor_to_pil(images, layout), size)
+
+
 # --- tensor path (differentiable) ---------------------------------------------------------
 
 
@@ -144,23 +187,63 @@ def _as_rgb(images: Tensor) -> Tensor:
 def preprocess_tensor(images: Tensor, size: int = 224, layout: Layout = "auto", clamp: bool = True) -> Tensor:
     """Images in [0, 1] (see `to_bchw`) -> normalised pixels [B, 3, size, size] float32.
 
-    No detach, no PIL: gradients flow to `images` (except where `clamp` cuts overshoot)."""
-    pixels = to_bchw(images, layout).float()
+    No detach, no PIL: gradients flow to `images` (except where `clamp` cuts overshoot).
+    4 channels: resized premultiplied by alpha, as PIL resizes RGBA, then alpha is dropped."""
+    pixels = _with_alpha(images, layout).float()
     height, width = resized_size(pixels.shape[-2], pixels.shape[-1], size)
     if (height, width) != tuple(pixels.shape[-2:]):
-        pixels = _resize_bicubic(pixels, height, width, clamp)
+        pixels = _resize(pixels, height, width, clamp)
+    elif pixels.shape[1] == 4:
+        pixels = pixels[:, :3]
     top, left = crop_offsets(height, width, size)
     return normalize(pixels[:, :, top : top + size, left : left + size])
+
+
+def _with_alpha(images: Tensor, layout: Layout) -> Tensor:
+    """[B, 3 or 4, H, W]: RGB (grey repeated), alpha kept as a 4th channel when present."""
+    if images.ndim == 4 and 4 in (images.shape[1], images.shape[-1]):
+        chosen = _detect_layout(images.shape) if layout == "auto" else layout
+        if chosen == "BHWC" and images.shape[-1] == 4:
+            return images.permute(0, 3, 1, 2)
+        if chosen == "BCHW" and images.shape[1] == 4:
+            return images
+    return to_bchw(images, layout)
+
+
+def _resize(pixels: Tensor, height: int, width: int, clamp: bool) -> Tensor:
+    """RGB: `_resize_bicubic`. RGBA: as PIL resizes an 8-bit RGBA image: colour premultiplied by
+    alpha, both resized (a horizontal then a vertical pass, each stored in 8 bits), then divided
+    by the resized alpha; only the colour is kept. Near-transparent colours are divided by an
+    alpha of a few levels, so the 8-bit rounding decides them: it is applied here too, with
+    gradients passed straight through it."""
+    if pixels.shape[1] != 4:
+        return _resize_bicubic(pixels, height, width, clamp)
+    alpha = pixels[:, 3:4]
+    stored = _levels(torch.cat([pixels[:, :3] * alpha, alpha], 1))  # PIL's RGBa
+    stored = _levels(_bicubic(stored, (stored.shape[-2], width)).clamp(0.0, 1.0))
+    stored = _levels(_bicubic(stored, (height, width)).clamp(0.0, 1.0))
+    colour, alpha = stored[:, :3], stored[:, 3:4]
+    divided = _levels(colour / alpha.clamp_min(1 / 255), torch.floor).clamp(0.0, 1.0)  # RGBa -> RGBA truncates
+    return torch.where((alpha == 0) | (alpha == 1), colour, divided)  # PIL keeps the stored colour there
+
+
+def _levels(values: Tensor, rounding=torch.round) -> Tensor:
+    """`values` on the 8-bit grid (rounded, or floored with a tolerance for float error); the
+    gradient passes straight through."""
+    scaled = values * 255 + (1e-4 if rounding is torch.floor else 0.0)
+    return values + (rounding(scaled) / 255 - values).detach()
+
+
+def _bicubic(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """PIL's bicubic filter: torch's antialiased bicubic interpolation."""
+    return F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
 
 
 def _resize_bicubic(pixels: Tensor, height: int, width: int, clamp: bool) -> Tensor:
     """PIL's bicubic filter (torch's antialiased bicubic). With `clamp`, like PIL on 8-bit
     images: the horizontal pass, clipped to [0, 1], then the vertical pass, clipped; without
     it, one unclipped 2-D pass."""
-    def resize(x: Tensor, size: tuple[int, int]) -> Tensor:
-        return F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
-
     if not clamp:
-        return resize(pixels, (height, width))
-    pixels = resize(pixels, (pixels.shape[-2], width)).clamp(0.0, 1.0)
-    return resize(pixels, (height, width)).clamp(0.0, 1.0)
+        return _bicubic(pixels, (height, width))
+    pixels = _bicubic(pixels, (pixels.shape[-2], width)).clamp(0.0, 1.0)
+    return _bicubic(pixels, (height, width)).clamp(0.0, 1.0)

@@ -5,9 +5,13 @@
 
 Inputs to `score`:
 - a tensor in [0, 1]: [B, C, H, W] or ComfyUI's [B, H, W, C] (found by the dim holding 1, 3
-  or 4 channels; pass layout= when both could), any H and W -> the tensor preprocessing;
+  or 4 channels; pass layout= when both could), any H and W -> quantised to 8 bits as a saved
+  PNG and sent through the reference's PIL preprocessing: the scores of the same pictures
+  saved as files, exactly (`preprocess_exact`);
 - PIL images or image file paths (one or a list) -> the reference's PIL preprocessing
   (scores equal the reference package's within 1e-4 in float32).
+`score_differentiable` keeps gradients (torch resize, no PIL); its distance to the exact
+path is measured in benchmarks/image_reward_paths.py.
 Prompts: one string for all images, or one per image; empty prompts are fine.
 Scores are float32: on the images' device for tensors, on the CPU for PIL images and files.
 """
@@ -23,7 +27,7 @@ from PIL import Image
 from torch import Tensor
 
 from .base import check_reward_inputs
-from .image_preprocess import Layout, load_image, preprocess_pil_batch, preprocess_tensor
+from .image_preprocess import Layout, load_image, preprocess_exact, preprocess_pil_batch, preprocess_tensor
 from .image_reward_config import ImageRewardConfig
 from .image_reward_model import ImageRewardModel
 from .image_reward_weights import load_model_weights, model_from_state_dict
@@ -98,10 +102,12 @@ class ImageReward:
     # --- scoring ---------------------------------------------------------------------------
 
     def score(self, images: Images, prompts: Prompts, layout: Layout = "auto") -> Tensor:
-        """Images (tensor in [0, 1], PIL images or files) and prompts -> float32 scores [B]."""
+        """Images (tensor in [0, 1], PIL images or files) and prompts -> float32 scores [B].
+        A tensor scores as its pictures saved as 8-bit files would (the exact path)."""
         with torch.no_grad():
             if isinstance(images, Tensor):
-                return self.score_differentiable(images, prompts, layout).to(images.device)
+                pixels = preprocess_exact(images, self.config.vision.image_size, layout)
+                return self.score_pixels(pixels, prompts).to(images.device)
             return self._score_pil(_as_list(images), prompts)
 
     def score_differentiable(self, images: Tensor, prompts: Prompts, layout: Layout = "auto") -> Tensor:
