@@ -1,21 +1,25 @@
-"""Quality on the embedded demo world: the shape of InstructBooth's comparison (paper, Table 1
-and the ablations of Section 5.4), on prompts the model never trained on.
+"""Quality on the embedded demo world: does InstructBooth give back the instruction while the
+subject stays? Held-out prompts (colour-shape pairs the model never trained on), seeds 0-4.
 
-Variants, each over several seeds (photos, LoRA inits, training noise, evaluation seeds):
+Variants, per seed (photos, LoRA inits, training noise, evaluation seeds):
 - base:             the pretrained model on the instructions without the subject;
-- dreambooth:       personalized with the detailed description, instructions with "sks toy ...";
-- instructbooth:    + RL on prompts with and without the identifier (the demo's settings);
-- no_plain_prompts: ablation, RL on identifier prompts only (identifier_ratio 1);
-- no_description:   ablation, personalization and RL without the detailed description;
-- dreambooth_no_description: its starting point (shows what the description does to personalization).
+- dreambooth:       personalized, the same instructions with "sks toy ...";
+- instructbooth:    + RL with the method's reward (class-noun prompt, no subject term);
+- optional (--variants): subject_weighted (the reward with a 0.5 subject term, a labelled
+  variant), no_plain_prompts (RL identifier ratio 1).
 
-Numbers: alignment (share of an instruction's attributes read back), all correct, subject
-fidelity, on the 36 held-out scenes (and the 72 training scenes), as mean and spread (std)
-over the seeds. Progress and per-run results are saved as they come, so a stopped run
-continues where it was (`--fresh` starts over).
+Headline: subject-conditional alignment, per image the share of the instruction's attributes
+that hold, counted only where the subject is there (score_image). Also: the share of images
+with the subject and every attribute right, alignment, subject fidelity, and how often the
+subject prompt alone shows the subject. The bar (issue 20), mean over the seeds:
+InstructBooth's subject-conditional alignment >= half the base model's alignment and >= 3x
+DreamBooth's; above DreamBooth on every seed with a gain >= 3 standard errors (per seed, the
+standard error of the per-image paired difference); fidelity >= 0.9x DreamBooth's.
 
-    OMP_NUM_THREADS=2 python benchmarks/quality.py                 # 3 seeds, shipped model
-    python benchmarks/quality.py --seeds 0 1 2 3 4 --weights /path/to/last.pt
+Progress is saved per variant and seed, so a stopped run continues (`--fresh` starts over).
+
+    OMP_NUM_THREADS=2 python benchmarks/quality.py                 # seeds 0-4, shipped model
+    python benchmarks/quality.py --seeds 0 --variants subject_weighted
 
 Prints a table, writes benchmarks/results/quality.json and docs/quality.md.
 """
@@ -36,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from instructbooth.demo.pipeline import (  # noqa: E402
+    ALONE,
     DemoConfig,
     evaluate_model,
     instruct,
@@ -43,31 +48,35 @@ from instructbooth.demo.pipeline import (  # noqa: E402
     lora_applied,
     machine_record,
     personalize_subject,
+    subject_weighted,
     write_reference,
 )
 from instructbooth.files import write_json, write_text  # noqa: E402
 
 VARIANTS = {  # name -> (label, what it is)
     "base": ("Base model", "pretrained, instructions without the subject"),
-    "dreambooth": ("DreamBooth", "personalized (with description)"),
-    "instructbooth": ("InstructBooth", "+ RL, prompts with and without identifier"),
-    "no_plain_prompts": ("w/o prompts without identifier", "ablation: RL identifier ratio 1"),
-    "no_description": ("w/o detailed description", "ablation: personalization and RL without it"),
-    "dreambooth_no_description": ("DreamBooth w/o description", "the ablation's starting point"),
+    "dreambooth": ("DreamBooth", "personalized, instructions with \"sks toy\""),
+    "instructbooth": ("InstructBooth", "+ RL, the method's reward (class-noun prompt)"),
+    "subject_weighted": ("InstructBooth, subject-weighted reward", "variant: reward 0.5 x subject + 0.5 x instruction"),
+    "no_plain_prompts": ("InstructBooth w/o prompts without identifier", "ablation: RL identifier ratio 1"),
 }
-METRICS = ("alignment", "exact", "fidelity")
+DEFAULT_VARIANTS = ("base", "dreambooth", "instructbooth")
+OPTIONAL = ("subject_weighted", "no_plain_prompts")
+METRICS = ("subject_alignment", "subject_exact", "alignment", "fidelity", "subject")
 SPLITS = ("heldout", "train")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds (default 0-4)")
+    parser.add_argument("--variants", nargs="*", default=[], choices=OPTIONAL, help="optional variants to add")
     parser.add_argument("--weights", default=None, help="demo model folder or pretraining checkpoint (default shipped)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--work", type=Path, default=Path("/tmp/instructbooth_quality"), help="scratch folder")
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "quality.json")
     parser.add_argument("--markdown", type=Path, default=REPO / "docs" / "quality.md")
     parser.add_argument("--fresh", action="store_true", help="ignore results saved by an earlier run")
+    parser.add_argument("--no-write", action="store_true", help="run and save progress, write no report")
     return parser.parse_args(argv)
 
 
@@ -78,159 +87,214 @@ def log(message: str) -> None:
 # --- one seed ---------------------------------------------------------------------------------
 
 
-def summaries(evaluations: dict) -> dict:
-    return {split: evaluation.summary() for split, evaluation in evaluations.items()}
+def per_image(evaluation) -> dict[str, list[float]]:
+    """The held-out per-image scores kept for paired comparisons (same seeds for every model)."""
+    return {m: [round(s[m], 4) for s in evaluation.scores] for m in ("subject_alignment", "fidelity")}
 
 
-def run_seed(components, seed: int, weights: str | None, work: Path, done: dict, save) -> None:
+def rl_variant(config: DemoConfig, name: str) -> DemoConfig:
+    if name == "subject_weighted":
+        return subject_weighted(config)
+    if name == "no_plain_prompts":
+        return replace(config, rl=replace(config.rl, identifier_ratio=1.0))
+    return config
+
+
+def run_seed(components, seed: int, weights: str | None, variants: list[str], work: Path, done: dict, save) -> None:
     """Every variant of one seed; each result goes into `done[variant][seed]` and is saved."""
     def record(variant: str, evaluations: dict, seconds: float) -> None:
-        done.setdefault(variant, {})[str(seed)] = {**summaries(evaluations), "seconds": round(seconds, 1)}
-        numbers = done[variant][str(seed)]["heldout"]
-        log(f"seed {seed} {variant}: held-out alignment {numbers['alignment']:.3f} fidelity {numbers['fidelity']:.3f}")
+        entry = {split: e.summary() for split, e in evaluations.items()}
+        entry["heldout_images"] = per_image(evaluations["heldout"])
+        done.setdefault(variant, {})[str(seed)] = {**entry, "seconds": round(seconds, 1)}
+        h = entry["heldout"]
+        log(f"seed {seed} {variant}: held-out subject-conditional alignment {h['subject_alignment']:.3f}, "
+            f"subject + every attribute {h['subject_exact_count']}/{h['images']}, alignment {h['alignment']:.3f}, "
+            f"fidelity {h['fidelity']:.3f}")
         save()
 
-    def missing(*variants: str) -> bool:
-        return any(str(seed) not in done.get(v, {}) for v in variants)
+    def missing(*names: str) -> bool:
+        return any(str(seed) not in done.get(v, {}) for v in names)
 
-    for detailed in (True, False):
-        config = DemoConfig(seed=seed, weights=weights, detailed=detailed)
-        folder = work / f"seed{seed}_{'desc' if detailed else 'nodesc'}"
-        names = ("dreambooth", "instructbooth", "no_plain_prompts") if detailed else (
-            "dreambooth_no_description", "no_description")
-        if detailed and missing("base"):
-            began = time.perf_counter()
-            record("base", evaluate_model(components, None, config), time.perf_counter() - began)
-        if not missing(*names):
-            continue
-        reference = write_reference(folder / "reference", config.reference_images, seed, detailed, config.layout)
+    config = DemoConfig(seed=seed, weights=weights)
+    folder = work / f"seed{seed}"
+    if missing("base"):
         began = time.perf_counter()
-        lora = personalize_subject(components, folder / "reference", config, lambda m: None).lora_state
+        record("base", evaluate_model(components, None, config), time.perf_counter() - began)
+    rl_names = [v for v in variants if v not in ("base", "dreambooth")]
+    if not missing("dreambooth", *rl_names):
+        return
+    reference = write_reference(folder / "reference", config.reference_images, seed, config.detailed, config.layout)
+    began = time.perf_counter()
+    lora = personalize_subject(components, folder / "reference", config, lambda m: None).lora_state
+    if missing("dreambooth"):
         with lora_applied(components, lora):
-            record(names[0], evaluate_model(components, "identifier", config), time.perf_counter() - began)
-        rl_runs = [(names[1], config.rl.identifier_ratio)] + ([(names[2], 1.0)] if detailed else [])
-        for name, ratio in rl_runs:
-            if not missing(name):
-                continue
-            began = time.perf_counter()
-            run = replace(config, rl=replace(config.rl, identifier_ratio=ratio))
-            result = instruct(components, lora, reference, run, folder / f"rl_{name}", lambda m: None)
-            with lora_applied(components, result.lora_state):
-                record(name, evaluate_model(components, "identifier", run), time.perf_counter() - began)
+            record("dreambooth", evaluate_model(components, "identifier", config), time.perf_counter() - began)
+    for name in rl_names:
+        if not missing(name):
+            continue
+        began = time.perf_counter()
+        run = rl_variant(config, name)
+        result = instruct(components, lora, reference, run, folder / f"rl_{name}", lambda m: None)
+        with lora_applied(components, result.lora_state):
+            record(name, evaluate_model(components, "identifier", run), time.perf_counter() - began)
 
 
-# --- aggregation and output ---------------------------------------------------------------------
+# --- aggregation and the bar ----------------------------------------------------------------------
 
 
 def aggregate(done: dict, seeds: list[int]) -> dict:
-    """variant -> split -> metric -> {"mean", "std", "values"} over the seeds that finished."""
+    """variant -> split -> metric -> {"mean", "se", "values", "images"} over the seeds that
+    finished: the mean of the per-seed means, its standard error over seeds, n images in all."""
     table = {}
     for variant, per_seed in done.items():
         runs = [per_seed[str(s)] for s in seeds if str(s) in per_seed]
-        table[variant] = {split: {m: spread([r[split][m] for r in runs]) for m in METRICS} for split in SPLITS}
-        table[variant]["seeds"] = len(runs)
+        if not runs:
+            continue
+        table[variant] = {split: {m: spread([r[split][m] for r in runs], sum(r[split]["images"] for r in runs))
+                                  for m in METRICS} for split in SPLITS}
+        if all(ALONE in r for r in runs):
+            table[variant][ALONE] = {"subject_count": sum(r[ALONE]["subject_count"] for r in runs),
+                                     "images": sum(r[ALONE]["images"] for r in runs)}
+        table[variant]["seeds"] = [s for s in seeds if str(s) in per_seed]
     return table
 
 
-def spread(values: list[float]) -> dict:
-    return {"mean": round(float(np.mean(values)), 4), "std": round(float(np.std(values)), 4), "values": values}
+def spread(values: list[float], images: int) -> dict:
+    se = float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+    return {"mean": round(float(np.mean(values)), 4), "se": round(se, 4), "values": values, "images": images}
 
 
-def claims(table: dict, done: dict, seeds: list[int]) -> list[str]:
-    """The paper's claims, each checked per seed on held-out prompts."""
-    def per_seed(variant: str, metric: str) -> dict[int, float]:
-        return {s: done[variant][str(s)]["heldout"][metric] for s in seeds if str(s) in done.get(variant, {})}
+def paired_gain(done: dict, seed: int, metric: str = "subject_alignment") -> tuple[float, float]:
+    """InstructBooth minus DreamBooth on one seed's held-out images (the same prompts and
+    sampler seeds): mean per-image difference and its standard error."""
+    a = np.array(done["instructbooth"][str(seed)]["heldout_images"][metric])
+    b = np.array(done["dreambooth"][str(seed)]["heldout_images"][metric])
+    diff = a - b
+    return float(diff.mean()), float(np.std(diff, ddof=1) / np.sqrt(len(diff)))
 
-    def compare(text: str, a: str, b: str, metric: str, better: bool = True) -> str:
-        left, right = per_seed(a, metric), per_seed(b, metric)
-        common = sorted(set(left) & set(right))
-        wins = sum((left[s] > right[s]) == better and left[s] != right[s] for s in common)
-        verdict = "holds" if common and wins == len(common) else "holds in part" if wins else "does not hold"
-        return (f"{text}: {verdict} ({wins}/{len(common)} seeds; {metric} {table[a]['heldout'][metric]['mean']:.3f} "
-                f"vs {table[b]['heldout'][metric]['mean']:.3f})")
 
-    lines = [
-        compare("Personalization overfits (DreamBooth alignment below the base model's)", "dreambooth", "base",
-                "alignment", better=False),
-        compare("RL raises alignment (InstructBooth above DreamBooth)", "instructbooth", "dreambooth", "alignment"),
-        compare("Prompts without the identifier help RL (InstructBooth above the ablation)", "instructbooth",
-                "no_plain_prompts", "alignment"),
-        compare("The detailed description helps (InstructBooth above the ablation)", "instructbooth", "no_description",
-                "alignment"),
-        compare("The detailed description helps personalization (subject fidelity)", "dreambooth",
-                "dreambooth_no_description", "fidelity"),
+def bar(table: dict, done: dict, seeds: list[int]) -> list[dict]:
+    """Each condition of the bar: what it asks, the measured value, the target, holds or not."""
+    head = "subject_alignment"
+    ib = table["instructbooth"]["heldout"]
+    db = table["dreambooth"]["heldout"]
+    base = table["base"]["heldout"]["alignment"]["mean"]
+    common = [s for s in seeds if str(s) in done["instructbooth"] and str(s) in done["dreambooth"]]
+    gains = {s: paired_gain(done, s) for s in common}
+    worst = min((g / se if se > 0 else (np.inf if g > 0 else 0.0)) for g, se in gains.values())
+    items = [
+        ("InstructBooth subject-conditional alignment >= half the base model's alignment",
+         ib[head]["mean"], 0.5 * base),
+        ("InstructBooth subject-conditional alignment >= 3x DreamBooth's", ib[head]["mean"], 3 * db[head]["mean"]),
+        ("above DreamBooth on every seed by >= 3 standard errors (smallest gain / SE over seeds)", float(worst), 3.0),
+        ("InstructBooth subject fidelity >= 0.9x DreamBooth's", ib["fidelity"]["mean"], 0.9 * db["fidelity"]["mean"]),
     ]
-    align = {v: table[v]["heldout"]["alignment"]["mean"] for v in ("base", "dreambooth", "instructbooth")}
-    lost = align["base"] - align["dreambooth"]
-    if lost > 0:
-        back = (align["instructbooth"] - align["dreambooth"]) / lost
-        lines.append(f"Share of the alignment lost to personalization that RL brings back: {back:.0%} "
-                     f"(base {align['base']:.3f}, DreamBooth {align['dreambooth']:.3f}, "
-                     f"InstructBooth {align['instructbooth']:.3f})")
-    db, ib = table["dreambooth"]["heldout"]["fidelity"]["mean"], table["instructbooth"]["heldout"]["fidelity"]["mean"]
-    kept = "holds" if ib >= 0.8 * db else "does not hold"
-    lines.append(f"Subject fidelity stays high after RL (at least 80% of DreamBooth's): {kept} ({ib:.3f} vs {db:.3f})")
-    return lines
+    result = [{"condition": c, "value": round(v, 4), "target": round(t, 4), "holds": bool(v >= t)}
+              for c, v, t in items]
+    result.append({"condition": "per-seed gain (InstructBooth - DreamBooth) and its SE",
+                   "gains": {str(s): [round(g, 4), round(se, 4)] for s, (g, se) in gains.items()}})
+    return result
 
 
-def markdown(table: dict, lines: list[str], meta: dict) -> str:
+# --- output ---------------------------------------------------------------------------------------
+
+
+def cell(entry: dict) -> str:
+    return f"{entry['mean']:.3f} ± {entry['se']:.3f}"
+
+
+def markdown(table: dict, conditions: list[dict], meta: dict) -> str:
     out = ["# Quality on the embedded demo world", "",
-           "The shape of InstructBooth's comparison (paper Table 1 and Section 5.4) on the demo world of "
-           "`instructbooth demo`: held-out prompts use colour-shape pairs never seen in pretraining, personalization "
-           "or RL. Alignment: share of an instruction's attributes (count, colour, shape, background) read back by the "
-           "exact checker; all correct: all of them; subject fidelity: likeness of the striped diamond (0-1). "
-           f"Mean ± std over {meta['seeds_done']} seeds ({', '.join(map(str, meta['seeds']))}); each seed changes the "
-           "photos, LoRA inits, training noise and evaluation seeds. Made by `benchmarks/quality.py`.", ""]
-    for split, title in (("heldout", "Held-out prompts (36 scenes)"), ("train", "Training prompts (72 scenes)")):
-        out += [f"## {title}", "", "| Variant | What | Alignment | All correct | Subject fidelity |", "|---|---|---|---|---|"]
+           "InstructBooth's comparison on the demo world of `instructbooth demo`, made by `benchmarks/quality.py`. "
+           "Held-out prompts use colour-shape pairs never seen in pretraining, personalization or RL. "
+           "**Subject-conditional alignment** (the headline): per image, the share of the instruction's attributes "
+           "(count, colour, shape, background) the exact checker reads back, counted only where the subject is there "
+           "(fidelity >= 0.5), else 0. **Subject + every attribute**: share of images with the subject and all four "
+           "attributes right. **Alignment**: the share of attributes with or without the subject. **Fidelity**: "
+           "likeness of the striped diamond (0-1). **Subject shown**: share of images with the subject. "
+           f"Mean of the per-seed means ± standard error over {len(meta['seeds'])} seeds "
+           f"({', '.join(map(str, meta['seeds']))}); n: images behind each mean. The base model gets the "
+           "instructions without the subject.", ""]
+    for split, title in (("heldout", "Held-out prompts (36 scenes x 2 images per seed)"),
+                         ("train", "Training prompts (72 scenes x 2 images per seed)")):
+        out += [f"## {title}", "",
+                "| Variant | What | Subject-cond. alignment | Subject + every attribute | Alignment | Fidelity | "
+                "Subject shown | n |", "|---|---|---|---|---|---|---|---|"]
         for variant, (label, what) in VARIANTS.items():
             if variant in table:
-                cells = [f"{table[variant][split][m]['mean']:.3f} ± {table[variant][split][m]['std']:.3f}" for m in METRICS]
-                out.append(f"| {label} | {what} | " + " | ".join(cells) + " |")
+                t = table[variant][split]
+                cells = [cell(t[m]) if variant != "base" or m == "alignment" else "-" for m in METRICS]
+                out.append(f"| {label} | {what} | " + " | ".join(cells) + f" | {t['alignment']['images']} |")
         out.append("")
-    out += ["## What holds", ""] + [f"- {line}" for line in lines]
-    out += ["", "## Setup", "", f"- {meta['settings']}", f"- Time: {meta['run_minutes']:.0f} min of runs (all variants and seeds, each timed as it ran; seeds can "
-            f"run in parallel processes with separate --work folders), this call {meta['minutes']:.0f} min; "
-            f"{meta['machine']}", ""]
+    out += ["## Per seed (held-out)", "", "| Variant | " + " | ".join(f"seed {s}" for s in meta["seeds"]) + " |",
+            "|---|" + "---|" * len(meta["seeds"])]
+    for variant in VARIANTS:
+        if variant in table:
+            metric = "alignment" if variant == "base" else "subject_alignment"
+            values = dict(zip(table[variant]["seeds"], table[variant]["heldout"][metric]["values"]))
+            out.append(f"| {VARIANTS[variant][0]} ({metric.replace('_', ' ')}) | "
+                       + " | ".join(f"{values[s]:.3f}" if s in values else "-" for s in meta["seeds"]) + " |")
+    alone = {v: table[v][ALONE] for v in VARIANTS if ALONE in table.get(v, {})}
+    out += ["", "## The subject alone", "",
+            "The subject prompt alone (\"on a <colour> background next to sks toy ...\", as the photos are captioned), "
+            "8 images per background per seed: " + "; ".join(
+                f"{VARIANTS[v][0]} {a['subject_count']} of {a['images']} images show the subject" for v, a in
+                alone.items()) + ".", "", "## The bar (issue 20)", ""]
+    for c in conditions:
+        if "holds" in c:
+            out.append(f"- {c['condition']}: {'holds' if c['holds'] else 'does not hold'} "
+                       f"({c['value']:.3f} against {c['target']:.3f})")
+        else:
+            out.append(f"- {c['condition']}: " + ", ".join(f"seed {s}: {g:+.3f} ± {se:.3f}" for s, (g, se) in
+                                                            c["gains"].items()))
+    out += ["", "## Setup", "", f"- {meta['settings']}",
+            f"- Time: {meta['run_minutes']:.0f} min of runs, this call {meta['minutes']:.0f} min; {meta['machine']}", ""]
     return "\n".join(out)
 
 
 def print_table(table: dict) -> None:
-    print(f"\n{'variant':<28} {'held-out alignment':>19} {'held-out fidelity':>18} {'train alignment':>16}")
+    print(f"\n{'variant':<20} {'held-out subj.-cond. alignment':>31} {'alignment':>16} {'fidelity':>16}")
     for variant in VARIANTS:
         if variant in table:
-            h, t = table[variant]["heldout"], table[variant]["train"]
-            print(f"{variant:<28} {h['alignment']['mean']:>11.3f} ± {h['alignment']['std']:.3f} "
-                  f"{h['fidelity']['mean']:>10.3f} ± {h['fidelity']['std']:.3f} {t['alignment']['mean']:>8.3f} ± "
-                  f"{t['alignment']['std']:.3f}")
+            h = table[variant]["heldout"]
+            print(f"{variant:<20} {cell(h['subject_alignment']):>31} {cell(h['alignment']):>16} {cell(h['fidelity']):>16}")
+
+
+def settings_line(config: DemoConfig) -> str:
+    return (f"demo settings: DreamBooth {config.personalize.steps} steps (lr {config.personalize.learning_rate:g}, "
+            f"rank {config.personalize.rank}); RL {config.rl.method} {config.rl.epochs} epochs x "
+            f"{config.rl.samples_per_epoch} samples, identifier ratio {config.rl.identifier_ratio:g}, the method's "
+            f"reward; evaluation {config.evaluation.per_prompt} images per prompt, {config.evaluation.steps} "
+            "sampler steps")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    variants = list(DEFAULT_VARIANTS) + list(args.variants)
     progress = args.work / "progress.json"
     done = {} if args.fresh or not progress.is_file() else json.loads(progress.read_text())
     started = time.perf_counter()
     components = load_model(args.weights)
     for seed in args.seeds:
         log(f"seed {seed}")
-        run_seed(components, seed, args.weights, args.work, done, lambda: write_json(progress, done))
-    table = aggregate(done, args.seeds)
-    lines = claims(table, done, args.seeds)
-    config = DemoConfig()
-    settings = (f"demo settings: DreamBooth {config.personalize.steps} steps (lr {config.personalize.learning_rate:g}, "
-                f"rank {config.personalize.rank}); RL {config.rl.method} {config.rl.epochs} epochs x "
-                f"{config.rl.samples_per_epoch} samples, identifier ratio {config.rl.identifier_ratio:g}; evaluation "
-                f"{config.evaluation.per_prompt} images per prompt, {config.evaluation.steps} sampler steps")
+        run_seed(components, seed, args.weights, variants, args.work, done, lambda: write_json(progress, done))
+    if args.no_write:
+        return 0
+    table = aggregate({v: done[v] for v in variants if v in done}, args.seeds)
+    conditions = bar(table, done, args.seeds)
     machine = machine_record()
-    meta = {"seeds": args.seeds, "seeds_done": min(t["seeds"] for t in table.values()), "settings": settings,
-            "minutes": (time.perf_counter() - started) / 60, "weights": args.weights or "shipped",
-            "run_minutes": sum(r["seconds"] for per in done.values() for r in per.values()) / 60,
+    meta = {"seeds": args.seeds, "settings": settings_line(DemoConfig()), "weights": args.weights or "shipped",
+            "minutes": (time.perf_counter() - started) / 60,
+            "run_minutes": sum(r["seconds"] for v in variants for r in done.get(v, {}).values()) / 60,
             "machine": f"{machine['cpus']} CPUs, {machine['torch_threads']} threads, load average {machine['load_average']}"}
-    write_json(args.json, {"meta": meta, "table": table, "claims": lines, "runs": done})
-    write_text(args.markdown, markdown(table, lines, meta))
+    runs = {v: {s: {k: x for k, x in r.items() if k != "heldout_images"} for s, r in done[v].items()}
+            for v in variants if v in done}
+    write_json(args.json, {"meta": meta, "table": table, "bar": conditions, "runs": runs})
+    write_text(args.markdown, markdown(table, conditions, meta))
     print_table(table)
-    print("\n" + "\n".join(lines))
+    print("\n" + "\n".join(f"{c['condition']}: {c.get('holds', '')} {c.get('value', '')} / {c.get('target', '')}"
+                           for c in conditions))
     print(f"\nwrote {args.json} and {args.markdown}")
     return 0
 

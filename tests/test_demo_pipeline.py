@@ -29,8 +29,9 @@ from instructbooth.demo.subject import draw_prompt
 from instructbooth.lora import LoraConfig, inject_lora, lora_state_dict, remove_lora
 from instructbooth.sampling import sample_trajectories
 
-SECTIONS = ("## Numbers", "## What it shows", "## The subject's photos", "## Before / after: train prompts",
-            "## Before / after: held-out prompts", "## RL reward curve", "## Settings and time")
+SECTIONS = ("## Numbers", "## What it shows", "## The subject's photos", "## Subject + instruction: the first held-out",
+            "## Before / after: held-out prompts", "## Before / after: train prompts", "## RL reward curve",
+            "## Settings and time")
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ def quick_run(tmp_path_factory):
 
 def test_quick_demo_writes_every_file(quick_run):
     out, _ = quick_run
-    for name in ("report.md", "report.html", "demo_metrics.json", "reference.png", "grid_train.png",
+    for name in ("report.md", "report.html", "demo_metrics.json", "reference.png", "grid_train.png", "grid_subject.png",
                  "grid_heldout.png", "dreambooth.safetensors", "instructbooth.safetensors", "rl/metrics.json",
                  "rl/reward_curve.png", "reference/subject_0.png", "reference/subject_0.txt"):
         assert (out / name).is_file(), name
@@ -77,19 +78,23 @@ def test_report_has_sections_and_the_metrics_numbers(quick_run):
 
 
 def table_numbers(markdown: str) -> list[list[str]]:
-    """The cells of the Numbers table after the model and prompt columns."""
+    """The cells of the Numbers tables (held-out, then train) after the model and prompt columns."""
     section = markdown.split("## Numbers", 1)[1].split("##", 1)[0]
-    rows = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("| ")][1:]
-    return [[cell.strip() for cell in row[2:]] for row in rows]
+    rows = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in row[2:]] for row in rows if row[0].strip() != "Model"]
 
 
 def expected_rows(models: dict) -> list[list[str]]:
     rows = []
-    for name in ("base", "dreambooth", "instructbooth"):
-        m = models[name]
-        rows.append([f"{m[s]['alignment']:.3f} ± {m[s]['alignment_std']:.3f}" for s in ("train", "heldout")]
-                    + [f"{m[s]['exact']:.3f}" for s in ("train", "heldout")]
-                    + [f"{m[s]['fidelity']:.3f}" for s in ("train", "heldout")])
+    for split in ("heldout", "train"):
+        for name in ("base", "dreambooth", "instructbooth"):
+            m, n = models[name][split], models[name][split]["images"]
+            se = {k: f"{m[k]:.3f} ± {m[k + '_se']:.3f} (n {n})" for k in ("subject_alignment", "alignment", "fidelity")}
+            if name == "base":
+                rows.append(["-", "-", se["alignment"], "-", "-"])
+            else:
+                rows.append([se["subject_alignment"], f"{m['subject_exact_count']} of {n}", se["alignment"],
+                             se["fidelity"], f"{m['subject_count']} of {n}"])
     return rows
 
 
@@ -115,8 +120,9 @@ def test_report_numbers_and_findings_from_real_images(tmp_path):
     markdown = markdown_path.read_text()
     assert table_numbers(markdown) == expected_rows(models)
     base, db, ib = (models[m]["train"]["alignment"] for m in ("base", "dreambooth", "instructbooth"))
-    assert f"instruction alignment dropped by {base - db:.3f} with personalization, from {base:.3f}" in markdown
-    assert f"RL raised it by {ib - db:.3f}, to {ib:.3f}" in markdown and "(kept)" in markdown
+    assert f"dropped from {base:.3f} to {db:.3f} with personalization; RL raised it to {ib:.3f}" in markdown
+    assert ("Train prompts (3 images per model): the subject with every instruction attribute right in 0 of 3 "
+            "DreamBooth images and 3 of 3 InstructBooth images") in markdown
 
 
 def spec_without(spec, subject: bool, objects: bool):
@@ -203,3 +209,17 @@ def test_demo_reward_weighs_the_subject():
     assert DemoReward(subject_weight=0.5)(images[1:], [world_caption]).tolist() == [1.0]  # no subject asked
     with pytest.raises(ValueError, match="subject_weight"):
         DemoReward(subject_weight=1.5)
+
+
+def test_subject_grid_takes_the_first_prompts_whatever_their_scores():
+    rng = np.random.default_rng(0)
+    specs = instruction_specs("heldout", "identifier", detailed=True, limit=6)
+    prompts = [format_prompt(s) for s in specs for _ in range(2)]
+    images = torch.stack([torch.from_numpy(draw_prompt(spec_without(parse_prompt(p), True, i >= 6), rng))
+                          for i, p in enumerate(prompts)])  # only the last prompts are fully right
+    evaluation = Evaluation(prompts, images, [score_image(i, p) for i, p in zip(images, prompts)])
+    evaluations = {"dreambooth": {"heldout": evaluation}}
+    picks, chosen = report.first_prompts(evaluations, "heldout", 2)
+    assert picks == [0, 1] and chosen == list(dict.fromkeys(prompts))[:2]
+    assert [report.cell_note(s) for s in evaluation.scores[:2]] == ["S 1/4", "S 1/4"]  # subject, background only
+    assert report.cell_note(evaluation.scores[-1]) == "S 4/4"

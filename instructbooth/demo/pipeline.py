@@ -71,6 +71,7 @@ class EvalConfig:
     per_prompt: int = 2  # images per prompt (fixed seeds, the same for every model)
     prompts_per_split: int | None = None  # evenly spaced subset of the scenes; None = all (72 / 36)
     batch_size: int = 64  # images per sampling call
+    alone_per_prompt: int = 8  # images of the subject alone per background (24: its rate within about +-0.1)
 
 
 # Every Linear and Conv2d of the UNet. Attention alone (SD1.5's usual LoRA) cannot learn the
@@ -104,7 +105,8 @@ DEMO_RL = RLConfig(
     images_per_prompt=8,  # 8 prompts x 8 images per epoch ...
     advantage="group",  # ... each image compared with its own prompt's (150 prompts rarely repeat otherwise)
     epochs=25,
-    train_batch_size=16,  # 4 optimizer steps per epoch
+    train_batch_size=16,  # micro-batch ...
+    gradient_accumulation_steps=4,  # ... x 4 = all 64 samples in one optimizer step per epoch (seed 0: 0.438 vs 4 steps)
     timestep_window=0.5,  # train on the first 5 of the 10 steps, where the layout is decided: the last step's
     timestep_fraction=1.0,  # std is 0.03 and its 1/std-scaled gradient drowned the rest (no learning at all)
     clip_range=1e-2,
@@ -113,7 +115,7 @@ DEMO_RL = RLConfig(
     lora_alpha=4.0,
     unet_targets=UNET_ATTENTION_TARGETS,  # on every layer RL learned textures that fool the checker's colour reading
     identifier_ratio=0.25,  # 3 of 4 prompts without the identifier: seed 0 held-out alignment 0.48 (0.5: 0.36)
-    reward_plain_prompt=False,  # the demo reward knows the identifier: it checks the subject too
+    reward_plain_prompt=True,  # the method's reward: the image scored against "a toy next to ..." (no subject term)
     heldout_every=5,
     heldout_seeds=1,
 )
@@ -129,16 +131,20 @@ class DemoConfig:
     layout: str = "after"  # where subject prompts name the subject: "after" the scene or "before" it (see LAYOUTS)
     personalize: PersonalizeConfig = DEMO_PERSONALIZE  # stage 1 (description and seed are filled in)
     rl: RLConfig = DEMO_RL  # stage 2 (seed is filled in)
-    subject_weight: float | None = 0.5  # RL reward weight of the subject on identifier prompts (DemoReward);
-    #                                     None: one attribute among the prompt's (then RL trades it for objects)
+    subject_weight: float | None = None  # None: the method's reward (class-noun prompt, no subject term);
+    #                                      a weight: the labelled variant `subject_weighted` (see there)
     evaluation: EvalConfig = EvalConfig()
+    class_images: int = 0  # > 0: DreamBooth's prior preservation on this many images the model draws of
+    #                        "<training scene> next to a toy" before personalization (write_class_images)
     showcase: int = 4  # prompts per split shown in the report's grids
     weights: str | None = None  # None: the shipped model; a folder with demo_model.*; a pretraining
     #                             checkpoint (last.pt, its EMA weights); "random": untrained
 
     def personalize_settings(self) -> PersonalizeConfig:
-        """The personalization config as run: this seed, the description when `detailed`."""
-        return replace(self.personalize, seed=self.seed, description=DESCRIPTION if self.detailed else "")
+        """The personalization config as run: this seed, the description when `detailed`, prior
+        preservation when `class_images`."""
+        return replace(self.personalize, seed=self.seed, description=DESCRIPTION if self.detailed else "",
+                       prior_preservation=self.class_images > 0)
 
     def rl_settings(self) -> RLConfig:
         """The RL config as run: this seed; in the "after" layout the description goes on the
@@ -149,7 +155,7 @@ class DemoConfig:
         return {"seed": self.seed, "reference_images": self.reference_images, "detailed": self.detailed,
                 "layout": self.layout, "subject_weight": self.subject_weight,
                 "personalize": self.personalize_settings().to_dict(), "rl": self.rl_settings().to_dict(),
-                "evaluation": asdict(self.evaluation), "showcase": self.showcase, "weights": self.weights}
+                "evaluation": asdict(self.evaluation), "class_images": self.class_images, "showcase": self.showcase, "weights": self.weights}
 
 
 def quick_config(seed: int = 0, weights: str | None = None) -> DemoConfig:
@@ -158,9 +164,16 @@ def quick_config(seed: int = 0, weights: str | None = None) -> DemoConfig:
         seed=seed, reference_images=3, weights=weights, showcase=2,
         personalize=replace(DEMO_PERSONALIZE, steps=4, batch_size=3),
         rl=replace(DEMO_RL, sample_steps=4, sample_batch_size=4, sample_batches=2, epochs=2, train_batch_size=4,
-                   images_per_prompt=2, heldout_every=1),
-        evaluation=EvalConfig(steps=4, per_prompt=1, prompts_per_split=4),
+                   gradient_accumulation_steps=1, images_per_prompt=2, heldout_every=1),
+        evaluation=EvalConfig(steps=4, per_prompt=1, prompts_per_split=4, alone_per_prompt=1),
     )
+
+
+def subject_weighted(config: DemoConfig, weight: float = 0.5) -> DemoConfig:
+    """The labelled variant with a subject term the method does not have: identifier samples
+    are scored against the identifier prompt, `weight` x (subject at the checker's threshold)
+    + (1 - weight) x (share of the instruction's attributes)."""
+    return replace(config, subject_weight=weight, rl=replace(config.rl, reward_plain_prompt=False))
 
 
 @dataclass
@@ -343,20 +356,45 @@ def instruction_specs(split: str, subject: str | None, detailed: bool, limit: in
             for s in chosen]
 
 
+def class_prompt(prompt: str) -> str:
+    """The prompt with the identifier replaced by the class noun, in the checker's form:
+    "sks toy next to two red circles ..." -> "a toy next to two red circles ..." (what the
+    method's reward scores, as ImageReward scores "a plushie riding a bicycle")."""
+    spec = parse_prompt(canonical_prompt(prompt))
+    if spec.subject != "identifier":
+        return format_prompt(spec)
+    return format_prompt(replace(spec, subject="class", detailed=False))
+
+
 def score_image(image: torch.Tensor, prompt: str, config: CheckerConfig = CheckerConfig()) -> dict[str, float]:
-    """alignment (share of the instruction attributes that hold), exact (all of them hold),
-    fidelity (subject likeness), subject (fidelity at the checker's threshold), reward
-    (the RL reward: the share of all the prompt's attributes, subject included)."""
+    """One image's scores against its prompt:
+
+    - alignment: share of the instruction's attributes (count, colour, shape, background) that hold;
+    - exact: all of them hold;
+    - fidelity: the subject's likeness (0..1); subject: fidelity at the checker's threshold;
+    - subject_alignment: alignment x subject (the headline: the instruction counts only where
+      the subject is there); subject_exact: subject and every instruction attribute;
+    - reward: the method's RL reward, the share of the attributes of the class-noun prompt
+      ("a toy next to ...": a toy-coloured object is present, count, colour, shape, background).
+    """
     reading = read_image(image, config)
-    result = check(reading, parse_prompt(canonical_prompt(prompt)), config)
+    spec = parse_prompt(canonical_prompt(prompt))
+    result = check(reading, spec, config)
     instruction = [ok for name, ok in result.items() if name != "subject"]
+    alignment, exact = float(np.mean(instruction)), float(all(instruction))
+    subject = float(reading.subject_fidelity >= config.subject_threshold) if spec.subject == "identifier" else 0.0
     return {
-        "alignment": float(np.mean(instruction)),
-        "exact": float(all(instruction)),
+        "alignment": alignment,
+        "exact": exact,
         "fidelity": reading.subject_fidelity,
-        "subject": float(reading.subject_fidelity >= config.subject_threshold),
-        "reward": float(np.mean(list(result.values()))),
+        "subject": subject,
+        "subject_alignment": alignment * subject,
+        "subject_exact": exact * subject,
+        "reward": float(np.mean(list(check(reading, parse_prompt(class_prompt(prompt)), config).values()))),
     }
+
+
+HEADLINE = "subject_alignment"  # the demo's headline metric (score_image)
 
 
 @dataclass
@@ -368,17 +406,29 @@ class Evaluation:
     scores: list[dict[str, float]]  # `score_image` of each image
 
     def summary(self) -> dict[str, float]:
-        """Mean of every score; "*_std" the spread of prompt means; "images" the count."""
-        names = self.scores[0].keys()
+        """Per score: the mean over images, "<name>_se" its standard error (std over images /
+        sqrt(n)), "<name>_std" the spread of per-prompt means; "images" n, and "<name>_count"
+        for the 0/1 scores (subject, exact, subject_exact): how many images have it."""
         result: dict[str, float] = {}
-        for name in names:
+        for name in self.scores[0]:
             values = np.array([s[name] for s in self.scores])
             per_prompt = [np.mean([s[name] for s, p in zip(self.scores, self.prompts) if p == q])
                           for q in dict.fromkeys(self.prompts)]
             result[name] = round(float(values.mean()), 4)
+            result[f"{name}_se"] = round(standard_error(values), 4)
             result[f"{name}_std"] = round(float(np.std(per_prompt)), 4)
+            if name in COUNTED:
+                result[f"{name}_count"] = int(values.sum())
         result["images"] = len(self.scores)
         return result
+
+
+COUNTED = ("subject", "exact", "subject_exact")  # 0/1 scores whose image counts the report states
+
+
+def standard_error(values: np.ndarray) -> float:
+    """Standard error of the mean of `values` (sample std / sqrt(n)); 0 for one value."""
+    return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
 
 
 def evaluate(components: SDComponents, prompts: list[str], config: EvalConfig, seed: int) -> Evaluation:
@@ -397,25 +447,70 @@ def evaluate(components: SDComponents, prompts: list[str], config: EvalConfig, s
     return Evaluation(expanded, images, [score_image(img, p) for img, p in zip(images, expanded)])
 
 
+ALONE = "alone"  # the evaluation of the subject prompt alone ("on a white background next to sks toy ...")
+
+
+def alone_prompts(config: "DemoConfig") -> list[str]:
+    """The subject alone on each background, as the reference photos are captioned."""
+    return [layout_prompt(PromptSpec(background=b, subject="identifier", detailed=config.detailed), config.layout)
+            for b in BACKGROUNDS]
+
+
 def evaluate_model(components: SDComponents, subject: str | None, config: DemoConfig) -> dict[str, Evaluation]:
-    """{"train": Evaluation, "heldout": Evaluation} on every scene of each split."""
-    return {split: evaluate(components, instruction_prompts(split, subject, config), config.evaluation, config.seed)
-            for split in SPLITS}
+    """{"train": Evaluation, "heldout": Evaluation} on every scene of each split; with the
+    identifier also ALONE: the plain subject prompt, `alone_per_prompt` images per background."""
+    result = {split: evaluate(components, instruction_prompts(split, subject, config), config.evaluation, config.seed)
+              for split in SPLITS}
+    if subject == "identifier":
+        alone = replace(config.evaluation, per_prompt=config.evaluation.alone_per_prompt)
+        result[ALONE] = evaluate(components, alone_prompts(config), alone, config.seed)
+    return result
 
 
 # --- the two training stages -----------------------------------------------------------------
 
 
+def class_specs(count: int, seed: int) -> list[PromptSpec]:
+    """`count` class prompts ("a toy" next to a training scene, or alone), drawn with `seed`."""
+    pool = [PromptSpec(background=b, subject="class") for b in BACKGROUNDS]
+    pool += instruction_specs("train", "class", detailed=False)
+    picks = np.random.default_rng(seed + 7).permutation(len(pool))[:count]
+    return [pool[i] for i in sorted(picks)]
+
+
+def write_class_images(components: SDComponents, folder: Path, config: DemoConfig) -> None:
+    """DreamBooth's class images: the model as it is (no LoRA) on class prompts, sampled as the
+    evaluation samples, each PNG with its caption beside it (the prior-preservation prompt)."""
+    prompts = [layout_prompt(s, config.layout) for s in class_specs(config.class_images, config.seed)]
+    seeds = [config.seed * 1_000_003 + 500_000 + i for i in range(len(prompts))]
+    ev = config.evaluation
+    images = sample_images(components, prompts, seeds, num_steps=ev.steps, guidance=ev.guidance, eta=ev.eta,
+                           height=IMAGE_SIZE, width=IMAGE_SIZE).cpu()
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("class_*"):
+        old.unlink()
+    for i, (image, prompt) in enumerate(zip(images, prompts)):
+        to_pil(image).save(folder / f"class_{i}.png")
+        (folder / f"class_{i}.txt").write_text(prompt + "\n", encoding="utf-8")
+
+
 def personalize_subject(components: SDComponents, reference_dir: Path, config: DemoConfig, log: Log) -> PersonalizeResult:
-    """DreamBooth LoRA on the reference photos (captions beside them), progress every ~10%."""
+    """DreamBooth LoRA on the reference photos (captions beside them), progress every ~10%;
+    with `config.class_images`, prior preservation on class images in reference_dir/../class."""
     settings = config.personalize_settings()
     every = max(1, settings.steps // 10)
 
     def progress(report: StepReport) -> None:
+        if report.stage == "class_images":
+            return
         if report.step % every == 0 or report.step == report.total:
             log(f"personalize step {report.step}/{report.total} loss {report.loss:.4f}")
 
-    return personalize(components, reference_dir, settings, callback=progress)
+    class_dir = None
+    if config.class_images:
+        class_dir = reference_dir.parent / "class"
+        write_class_images(components, class_dir, config)
+    return personalize(components, reference_dir, settings, callback=progress, class_images=class_dir)
 
 
 def rl_prompts(detailed: bool, layout: str = "after") -> RLPrompts:
@@ -568,5 +663,12 @@ def _summary_line(evaluations: dict[str, Evaluation]) -> str:
     parts = []
     for split, evaluation in evaluations.items():
         s = evaluation.summary()
-        parts.append(f"{split} alignment {s['alignment']:.3f} fidelity {s['fidelity']:.3f}")
+        if split == ALONE:
+            parts.append(f"subject alone: {s['subject_count']} of {s['images']} images show it")
+        elif s["subject_count"]:
+            parts.append(f"{split} subject-conditional alignment {s[HEADLINE]:.3f} ({s['subject_exact_count']} of "
+                         f"{s['images']} images: subject, every attribute right), alignment {s['alignment']:.3f}, "
+                         f"fidelity {s['fidelity']:.3f}")
+        else:
+            parts.append(f"{split} alignment {s['alignment']:.3f} fidelity {s['fidelity']:.3f}")
     return "; ".join(parts)

@@ -22,6 +22,7 @@ import torch
 from ..components import SDComponents
 from ..encoding import encode_images, encode_prompts
 from ..files import write_torch
+from .toys import sample_toy_batch
 from .world import sample_batch
 
 CHECKPOINT_NAME = "last.pt"
@@ -43,6 +44,7 @@ class PretrainConfig:
     # prompt must decide the background, so off by default)
     ema_decay: float = 0.995  # EMA decay (warmed up as (1 + n) / (10 + n))
     split: str = "train"  # world split whose captions are trained on
+    toy_share: float = 0.0  # share of each batch showing a generic toy (toys.py: the class prior of "toy")
     seed: int = 0  # data, noise and init seed
     checkpoint_every: int = 250  # steps between checkpoints (and at the end)
     log_every: int = 50  # steps between log lines
@@ -167,8 +169,18 @@ def pretrain(
     return PretrainResult(step=step, seconds=total, losses=losses), ema
 
 
+def training_batch(config: PretrainConfig, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
+    """World images, and round(toy_share x batch) of them with a generic toy instead."""
+    toys = round(config.toy_share * config.batch_size)
+    images, captions = sample_batch(config.batch_size - toys, rng, config.split)
+    if not toys:
+        return images, captions
+    toy_images, toy_captions = sample_toy_batch(toys, rng, config.split)
+    return np.concatenate([images, toy_images]), captions + toy_captions
+
+
 def _train_step(config, components, params, optimizer, step, rng, generator) -> float:
-    images, captions = sample_batch(config.batch_size, rng, config.split)
+    images, captions = training_batch(config, rng)
     drop = rng.random(len(captions)) < config.cfg_dropout
     captions = ["" if d else c for c, d in zip(captions, drop)]
     for group in optimizer.param_groups:

@@ -1,9 +1,11 @@
 """The demo's report: report.md and report.html with the same content, and its PNG grids.
 
-Sections: the numbers (alignment and subject fidelity of the base model, DreamBooth and
-InstructBooth on training and held-out prompts), what they show (the overfitting and its
-repair, in sentences made from the numbers), the subject's reference photos, before/after
-grids, the RL reward curve, settings and time. The content is built once as a list of
+Sections: the numbers (per split, for the base model, DreamBooth and InstructBooth: the
+headline subject-conditional alignment, the images with the subject and every attribute
+right, alignment and subject fidelity, each with its standard error and n), what they show
+(in images, in sentences made from the numbers), the subject's reference photos, a
+"subject + instruction" grid of the first held-out prompts (a fixed rule) next to the evenly
+spaced before/after grids, the RL reward curve, settings and time. The content is built once as a list of
 blocks and rendered twice, so both files always state the same numbers.
 """
 
@@ -19,6 +21,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ..files import write_text
+from .pipeline import ALONE
 
 MODEL_NAMES = {"base": "Base model", "dreambooth": "DreamBooth", "instructbooth": "InstructBooth"}
 PROMPT_KINDS = {"base": "without identifier", "dreambooth": "with identifier", "instructbooth": "with identifier"}
@@ -29,25 +32,30 @@ CELL_SCALE = 4  # grid cells are the 32 px images scaled up this much (nearest n
 # --- grids --------------------------------------------------------------------------------------
 
 
-def image_grid(rows: Sequence[tuple[str, Sequence[torch.Tensor]]], headers: Sequence[str] = (),
-               scale: int = CELL_SCALE, label_width: int = 110) -> Image.Image:
-    """A labelled grid: one row per (label, images [3, H, W] in [0, 1]), optional column headers."""
+def image_grid(rows: Sequence[tuple], headers: Sequence[str] = (), scale: int = CELL_SCALE,
+               label_width: int = 110) -> Image.Image:
+    """A labelled grid: one row per (label, images [3, H, W] in [0, 1]) or (label, images,
+    notes), a note being a short text printed under its image; optional column headers."""
     font = ImageFont.load_default()
-    columns = max(len(images) for _, images in rows)
+    columns = max(len(row[1]) for row in rows)
     cell = rows[0][1][0].shape[-1] * scale
-    gap, top = 4, 18 if headers else 4
+    noted = any(len(row) > 2 for row in rows)
+    gap, top, below = 4, 18 if headers else 4, 14 if noted else 0
     width = label_width + columns * (cell + gap)
-    height = top + len(rows) * (cell + gap)
+    height = top + len(rows) * (cell + gap + below)
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
     for c, header in enumerate(headers):
         draw.text((label_width + c * (cell + gap) + 2, 3), header, fill="black", font=font)
-    for r, (label, images) in enumerate(rows):
-        y = top + r * (cell + gap)
+    for r, row in enumerate(rows):
+        label, images, notes = row[0], row[1], (row[2] if len(row) > 2 else ())
+        y = top + r * (cell + gap + below)
         draw.text((4, y + cell // 2 - 6), label, fill="black", font=font)
         for c, image in enumerate(images):
             tile = _to_pil(image).resize((cell, cell), Image.NEAREST)
             canvas.paste(tile, (label_width + c * (cell + gap), y))
+            if c < len(notes):
+                draw.text((label_width + c * (cell + gap) + 2, y + cell + 1), notes[c], fill="black", font=font)
     return canvas
 
 
@@ -64,20 +72,35 @@ def showcase(evaluations: dict, split: str, count: int) -> tuple[list[int], list
     return picks, [prompts[i] for i in picks]
 
 
-def comparison_grid(evaluations: dict, split: str, count: int) -> tuple[Image.Image, list[str]]:
-    """Rows base / DreamBooth / InstructBooth, columns the showcase prompts x their images."""
-    picks, prompts = showcase(evaluations, split, count)
+def first_prompts(evaluations: dict, split: str, count: int) -> tuple[list[int], list[str]]:
+    """The fixed rule of the "subject + instruction" grid: the split's first `count` prompts
+    in their order (never chosen by score)."""
+    prompts = list(dict.fromkeys(evaluations["dreambooth"][split].prompts))[:count]
+    return list(range(len(prompts))), prompts
+
+
+def cell_note(scores: dict) -> str:
+    """"S 3/4": the subject is there (S) or not (-), and how many of the 4 instruction attributes hold."""
+    return f"{'S' if scores['subject'] else '-'} {round(scores['alignment'] * 4)}/4"
+
+
+def comparison_grid(evaluations: dict, split: str, count: int, picker=showcase,
+                    models: Sequence[str] = tuple(MODEL_NAMES)) -> tuple[Image.Image, list[str]]:
+    """Rows per model (base / DreamBooth / InstructBooth), columns the prompts `picker` chooses
+    x their images; under each image its note (`cell_note`; the base model gets no subject)."""
+    picks, prompts = picker(evaluations, split, count)
     rows, headers = [], []
-    for name in MODEL_NAMES:
+    for name in models:
         evaluation = evaluations[name][split]
         unique = list(dict.fromkeys(evaluation.prompts))
-        images = []
+        images, notes = [], []
         for number, index in enumerate(picks, start=1):
             rows_of_prompt = [i for i, p in enumerate(evaluation.prompts) if p == unique[index]]
             images += [evaluation.images[i] for i in rows_of_prompt]
-            if name == "base":
+            notes += [cell_note(evaluation.scores[i]) for i in rows_of_prompt]
+            if name == models[0]:
                 headers += [f"#{number}"] + [""] * (len(rows_of_prompt) - 1)
-        rows.append((MODEL_NAMES[name], images))
+        rows.append((MODEL_NAMES[name], images, notes))
     return image_grid(rows, headers), prompts
 
 
@@ -94,38 +117,66 @@ class Block:
     path: str = ""  # image path relative to the report
 
 
-def numbers_table(models: dict) -> Block:
-    header = ("Model", "Prompts", "Alignment (train)", "Alignment (held-out)", "All correct (train)",
-              "All correct (held-out)", "Subject fidelity (train)", "Subject fidelity (held-out)")
+def numbers_table(models: dict, split: str) -> Block:
+    """One split: per model the headline (subject-conditional alignment), the images with the
+    subject and every attribute, alignment, fidelity and the images showing the subject;
+    means ± standard error over the n images."""
+    header = ("Model", "Prompts", "Subject-conditional alignment", "Subject + every attribute", "Alignment",
+              "Subject fidelity", "Subject shown")
     rows = [header]
     for name, label in MODEL_NAMES.items():
-        split = models[name]
-        rows.append((label, PROMPT_KINDS[name], *(fmt(split[s]["alignment"], split[s]["alignment_std"]) for s in SPLIT_NAMES),
-                     *(f"{split[s]['exact']:.3f}" for s in SPLIT_NAMES), *(f"{split[s]['fidelity']:.3f}" for s in SPLIT_NAMES)))
+        m = models[name][split]
+        subject_asked = name != "base"
+        rows.append((label, PROMPT_KINDS[name],
+                     fmt_se(m, "subject_alignment") if subject_asked else "-",
+                     of(m, "subject_exact") if subject_asked else "-",
+                     fmt_se(m, "alignment"),
+                     fmt_se(m, "fidelity") if subject_asked else "-",
+                     of(m, "subject") if subject_asked else "-"))
     return Block("table", items=tuple(rows))
+
+
+def fmt_se(summary: dict, name: str) -> str:
+    """"0.412 ± 0.031 (n 72)": mean ± standard error over n images."""
+    return f"{summary[name]:.3f} ± {summary[name + '_se']:.3f} (n {summary['images']})"
+
+
+def of(summary: dict, name: str) -> str:
+    """"5 of 72": how many images have a 0/1 score."""
+    return f"{summary[name + '_count']} of {summary['images']}"
 
 
 def fmt(mean: float, std: float | None = None) -> str:
     return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
 
 
+def alone_line(models: dict) -> str:
+    """How often the subject prompt alone shows the subject, per personalized model."""
+    parts = [f"{MODEL_NAMES[n]} {of(models[n][ALONE], 'subject')} images" for n in ("dreambooth", "instructbooth")
+             if ALONE in models.get(n, {})]
+    return ("The subject prompt alone (\"on a <colour> background next to sks toy ...\", the reference photos' "
+            "captions) shows the subject (fidelity at the checker's threshold) in: " + "; ".join(parts) + ".")
+
+
 def findings(models: dict) -> list[str]:
-    """Sentences saying what the numbers show, whichever way they came out."""
-    lines = []
+    """Sentences saying what the numbers show, in images, whichever way they came out."""
+    lines = [alone_line(models)] if ALONE in models.get("dreambooth", {}) else []
     for split, label in SPLIT_NAMES.items():
         base, db, ib = (models[m][split] for m in MODEL_NAMES)
-        drop = base["alignment"] - db["alignment"]
-        overfit = f"dropped by {drop:.3f}" if drop > 0 else f"did not drop ({-drop:+.3f})"
-        gain = ib["alignment"] - db["alignment"]
-        repair = f"raised it by {gain:.3f}" if gain > 0 else f"did not raise it ({gain:+.3f})"
-        kept = "kept" if ib["fidelity"] >= 0.8 * db["fidelity"] else "lost"
+        n = db["images"]
         lines.append(
-            f"{label.capitalize()} prompts: instruction alignment {overfit} with personalization, from "
-            f"{base['alignment']:.3f} (base model, instructions without the subject) to {db['alignment']:.3f} "
-            f"(DreamBooth, the same instructions with the identifier); RL {repair}, to {ib['alignment']:.3f}. "
-            f"Subject fidelity: {db['fidelity']:.3f} after DreamBooth, {ib['fidelity']:.3f} after InstructBooth "
-            f"({kept})."
-        )
+            f"{label.capitalize()} prompts ({n} images per model): the subject with every instruction attribute "
+            f"right in {db['subject_exact_count']} of {n} DreamBooth images and {ib['subject_exact_count']} of {n} "
+            f"InstructBooth images; the subject at all in {db['subject_count']} and {ib['subject_count']}. "
+            f"Subject-conditional alignment (alignment counted only where the subject is there): DreamBooth "
+            f"{db['subject_alignment']:.3f}, InstructBooth {ib['subject_alignment']:.3f}, against the base model's "
+            f"alignment of {base['alignment']:.3f} on the same instructions without the subject.")
+        drop, gain = base["alignment"] - db["alignment"], ib["alignment"] - db["alignment"]
+        lines.append(
+            f"{label.capitalize()} prompts, alignment alone (with or without the subject): "
+            f"{'dropped' if drop > 0 else 'did not drop'} from {base['alignment']:.3f} to {db['alignment']:.3f} with "
+            f"personalization; RL {'raised' if gain > 0 else 'did not raise'} it to {ib['alignment']:.3f}. Subject "
+            f"fidelity {db['fidelity']:.3f} after DreamBooth, {ib['fidelity']:.3f} after InstructBooth.")
     return lines
 
 
@@ -136,25 +187,34 @@ def report_blocks(metrics: dict, grids: dict[str, list[str]], reference_count: i
         Block("h1", "InstructBooth demo: personalization, overfitting, RL"),
         Block("p", "A built-in world of coloured shapes and a pretrained ~3M-parameter pixel-space diffusion model. "
                    f"The subject (a pink and cyan striped diamond, \"sks toy\") is learned from {reference_count} "
-                   "photos (DreamBooth LoRA); RL (DDPO) then maximises an exact alignment reward on prompts with and "
-                   "without the identifier (InstructBooth). Alignment: the share of an instruction's attributes "
-                   "(count, colour, shape, background) read back from the image; all correct: every attribute holds; "
-                   "subject fidelity: likeness of the striped diamond (0-1). Means over "
-                   f"{models['base']['train']['images']} training and {models['base']['heldout']['images']} held-out "
-                   "images; ± is the spread (std) of the per-prompt means. Held-out prompts use colour-shape pairs "
-                   "the model never saw in pretraining, personalization or RL." + layout_note(config)),
+                   "photos (DreamBooth LoRA); RL (DDPO) then maximises the method's reward on prompts with and "
+                   "without the identifier (InstructBooth): the exact checker scores each image against the prompt with "
+                   "the identifier replaced by the class noun (\"a toy next to two red circles on a black background\": "
+                   "a toy-coloured object, count, colour, shape, background), with no separate subject term."
+                   + reward_note(config)),
+        Block("p", "The headline is subject-conditional alignment: per image, the share of the instruction's "
+                   "attributes (count, colour, shape, background) that the checker reads back, counted only where the "
+                   "subject is there (subject fidelity at the checker's threshold, 0.5), else 0; averaged over "
+                   "the images. \"Subject + every attribute\" counts the images with the subject and all four "
+                   "attributes right. Alignment (with or without the subject) and subject fidelity (likeness of the "
+                   "striped diamond, 0-1) are the secondary columns. ± is the standard error over the n images. "
+                   "Held-out prompts use colour-shape pairs the model never saw in pretraining, personalization or RL."
+                   + layout_note(config)),
         Block("h2", "Numbers"),
-        numbers_table(models),
+        Block("p", "Held-out prompts:"),
+        numbers_table(models, "heldout"),
+        Block("p", "Training prompts:"),
+        numbers_table(models, "train"),
         Block("h2", "What it shows"),
         Block("list", items=tuple(findings(models))),
         Block("h2", "The subject's photos"),
         Block("image", "reference photos", path="reference.png"),
     ]
-    for split, prompts in grids.items():
-        blocks += [Block("h2", f"Before / after: {SPLIT_NAMES[split]} prompts"),
-                   Block("image", f"{split} grid", path=f"grid_{split}.png"),
+    for name, (path, prompts, text) in grids.items():
+        blocks += [Block("h2", GRID_TITLES[name]),
+                   Block("image", name, path=path),
                    Block("list", items=tuple(f"#{i}: {p}" for i, p in enumerate(prompts, start=1))),
-                   Block("p", "The base model gets each instruction without the identifier.")]
+                   Block("p", text)]
     blocks += [
         Block("h2", "RL reward curve"),
         Block("image", "reward curve", path="rl/reward_curve.png"),
@@ -167,9 +227,9 @@ def report_blocks(metrics: dict, grids: dict[str, list[str]], reference_count: i
             f"description \"{personalize['description']}\"",
             f"RL: {rl['method']}, {rl['epochs']} epochs of {rl['sample_batch_size'] * rl['sample_batches']} samples, "
             f"{rl['sample_steps']} sampler steps, guidance {rl['guidance']:g}, learning rate {rl['learning_rate']:g}, "
-            f"LoRA rank {rl['lora_rank']}, identifier ratio {rl['identifier_ratio']:g}"
-            + (f", subject weight {config['subject_weight']:g} in the reward" if config.get("subject_weight") is not None
-               else ""),
+            f"LoRA rank {rl['lora_rank']}, identifier ratio {rl['identifier_ratio']:g}; reward: "
+            + (f"subject-weighted variant ({config['subject_weight']:g} x subject)" if config.get("subject_weight")
+               is not None else "the method's (class-noun prompt, no subject term)"),
             f"Evaluation: {config['evaluation']['per_prompt']} images per prompt, {config['evaluation']['steps']} "
             f"sampler steps, guidance {config['evaluation']['guidance']:g}, seed {config['seed']}",
             "Time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timing["stages"].items())
@@ -178,6 +238,22 @@ def report_blocks(metrics: dict, grids: dict[str, list[str]], reference_count: i
         )),
     ]
     return blocks
+
+
+GRID_TITLES = {
+    "subject": "Subject + instruction: the first held-out prompts",
+    "heldout": "Before / after: held-out prompts (evenly spaced)",
+    "train": "Before / after: train prompts (evenly spaced)",
+}
+GRID_NOTE = ("Under each image: S if the subject is there (fidelity at the checker's threshold), - if not, and how many "
+             "of the 4 instruction attributes hold. The base model gets each instruction without the identifier.")
+
+
+def reward_note(config: dict) -> str:
+    if config.get("subject_weight") is None:
+        return ""
+    return (f" This run uses the labelled variant with a subject term: identifier samples are scored against the "
+            f"identifier prompt, {config['subject_weight']:g} x subject + {1 - config['subject_weight']:g} x instruction.")
 
 
 def layout_note(config: dict) -> str:
@@ -238,12 +314,17 @@ def to_html(blocks: list[Block]) -> str:
 
 
 def write_report(out: Path, metrics: dict, evaluations: dict, reference: torch.Tensor, count: int) -> tuple[Path, Path]:
-    """Writes reference.png, grid_<split>.png, report.md and report.html into `out`."""
+    """Writes reference.png, grid_subject.png (the first `count` held-out prompts: a fixed
+    rule), grid_<split>.png (evenly spaced prompts), report.md and report.html into `out`."""
     image_grid([("reference", list(reference))], scale=CELL_SCALE, label_width=70).save(out / "reference.png")
     grids = {}
-    for split in SPLIT_NAMES:
+    grid, prompts = comparison_grid(evaluations, "heldout", count, picker=first_prompts)
+    grid.save(out / "grid_subject.png")
+    grids["subject"] = ("grid_subject.png", prompts, "The first held-out prompts in their order (a fixed rule, not "
+                        "chosen by score). " + GRID_NOTE)
+    for split in ("heldout", "train"):
         grid, prompts = comparison_grid(evaluations, split, count)
         grid.save(out / f"grid_{split}.png")
-        grids[split] = prompts
+        grids[split] = (f"grid_{split}.png", prompts, GRID_NOTE)
     blocks = report_blocks(metrics, grids, len(reference))
     return write_text(out / "report.md", to_markdown(blocks)), write_text(out / "report.html", to_html(blocks))
