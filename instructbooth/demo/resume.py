@@ -20,7 +20,7 @@ from ..files import write_json
 
 RUN_RECORD = "demo_run.json"
 PERSONALIZE_DIR, RL_DIR = "personalize", "rl"  # stage checkpoint folders inside the run folder
-STAGE_FOLDERS = (PERSONALIZE_DIR, RL_DIR, "reference")
+STAGE_FOLDERS = (PERSONALIZE_DIR, RL_DIR, "reference", "class")
 STAGE_FILES = ("dreambooth.safetensors", "instructbooth.safetensors", "demo_metrics.json", "report.md", "report.html")
 
 
