@@ -30,7 +30,10 @@ class ImageRewardLoader(io.ComfyNode):
                                "huggingface.co/THUDM/ImageReward. A '<name>.json' or 'config.json' beside the file "
                                "gives the sizes of non-standard models."),
                 io.Combo.Input("dtype", options=DTYPES, default="auto",
-                               tooltip="Weights and compute precision; auto = float16 on a GPU, float32 on the CPU."),
+                               tooltip="Weights and compute precision; auto = float16 on a GPU, float32 on the CPU. "
+                               "float32 is the reference. float16 halves memory and kept every ranking in a full-size "
+                               "check against the reference (scores within 0.0023) but is ~4-5x slower on a CPU; "
+                               "bfloat16 moved scores up to 0.024 and reordered close images (the best one stayed)."),
             ],
             outputs=[IMAGE_REWARD.Output(display_name="image_reward", tooltip="The scorer, for Score, Best-of-N and RL.")],
         )
