@@ -67,7 +67,7 @@ class RLConfig:
     continue_base_lora: bool = False  # train the personalized LoRA itself instead of a new one on top
     # --- the InstructBooth prompt scheme
     identifier_ratio: float = 0.25  # share of prompts with the identifier ("sks plushie ..."); the rest "a plushie ..."
-    #   (demo, 3 seeds: held-out alignment 0.424 at 0.25 against 0.343 at 0.5, below DreamBooth's 0.366)
+    #   (demo with the subject-weighted reward, 3 seeds: held-out alignment 0.424 at 0.25 against 0.343 at 0.5)
     use_description: bool = False  # append the subject's detailed description to identifier prompts
     reward_plain_prompt: bool = True  # score images against the prompt without the identifier (a reward model
     #                                   does not know "sks"); False: against the prompt as generated
