@@ -5,6 +5,9 @@ Configurations (random weights; speed does not depend on the values):
 - tiny:   tiny_components, 32 px, 10 DDIM steps, CFG 5, 2 x 4 samples, brightness reward (CPU);
 - small:  small_sd15_components (SD1.5-shaped, full VAE), 128 px, 10 steps, CFG 5, 4 samples,
           brightness reward (CPU);
+- small-b4, small-accum4: small with one update on all 4 samples, as one batch of 4 or as 4
+          micro-batches of 1 (gradient accumulation: the memory of training should follow the
+          micro-batch);
 - sd15:   the full SD1.5 architecture at 512 px, 50 steps, CFG 5, DDPO's per-GPU batch,
           full-size ImageReward (random init) as the reward, bf16 frozen weights (GPU);
 - sd15-b1: sd15 at sample and train batch 1 (the 12 GB / 8 GB with checkpointing goal).
@@ -88,8 +91,7 @@ PEAK_TFLOPS = {"H100": {"bf16": 989.0, "fp32": 67.0}, "H200": {"bf16": 989.0, "f
 
 # Throughput settings: one image per prompt, one micro-batch per update, every step trained (as measured
 # before the recipe's defaults changed; they do not change the work per sample).
-THROUGHPUT = dict(images_per_prompt=1, advantage="tracker", tracker_min_count=1, gradient_accumulation_steps=1,
-                  timestep_window=1.0)
+THROUGHPUT = dict(images_per_prompt=1, advantage="tracker", gradient_accumulation_steps=1, timestep_window=1.0)
 SETTINGS = {
     "tiny": dict(height=32, width=32, sample_steps=10, guidance=5.0, sample_batch_size=4, sample_batches=2,
                  train_batch_size=4),
@@ -100,6 +102,9 @@ SETTINGS = {
     "sd15-b1": dict(height=512, width=512, sample_steps=50, guidance=5.0, sample_batch_size=1, sample_batches=1,
                     train_batch_size=1, mixed_precision="bf16"),
 }
+# Gradient accumulation: the same 4 samples per update as one batch of 4 or as 4 micro-batches of 1.
+SETTINGS["small-b4"] = dict(SETTINGS["small"], train_batch_size=4)
+SETTINGS["small-accum4"] = dict(SETTINGS["small"], train_batch_size=1, gradient_accumulation_steps=4)
 SETTINGS = {name: {**THROUGHPUT, **values} for name, values in SETTINGS.items()}
 
 

@@ -68,7 +68,7 @@ class Personalize(io.ComfyNode):
                                tooltip="16-bit frozen weights (fp16/bf16) fit 8 GB GPUs; 'no' is full float32."),
                 io.Boolean.Input("gradient_checkpointing", default=DEFAULTS.gradient_checkpointing,
                                  tooltip="Recompute activations in the backward pass: less memory, about 30% slower."),
-                io.Int.Input("seed", default=DEFAULTS.seed, min=0, max=2**31 - 1,
+                io.Int.Input("seed", default=DEFAULTS.seed, min=0, max=2**31 - 1, control_after_generate=False,
                              tooltip="Seeds the LoRA init, data order, noise and timesteps (same seed, same LoRA)."),
                 io.Int.Input("checkpoint_every", default=DEFAULTS.checkpoint_every, min=0, max=100000,
                              tooltip="Steps between checkpoints (a cancelled run resumes from the last); 0 = at the end."),

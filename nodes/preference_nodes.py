@@ -54,7 +54,7 @@ class PreferencePairs(io.ComfyNode):
                 io.Combo.Input("cross_pairs", options=list(CROSS_MODES), default=PAIR_DEFAULTS.cross_pairs,
                                tooltip="Pairs across analogous prompts: 'both' keeps them when the judge agrees "
                                "both ways, 'each' keeps each agreeing direction, 'off' none."),
-                io.Int.Input("seed", default=PAIR_DEFAULTS.seed, min=0, max=2**31 - 1,
+                io.Int.Input("seed", default=PAIR_DEFAULTS.seed, min=0, max=2**31 - 1, control_after_generate=False,
                              tooltip="Seeds the prompt draw and every image's noise."),
                 io.String.Input("name", default="sks_plushie_pairs",
                                 tooltip="Name of the pair folder under output/instructbooth/."),
@@ -132,7 +132,7 @@ class DPOAlign(io.ComfyNode):
                                tooltip="16-bit frozen weights (fp16/bf16) save memory on GPUs; 'no' is float32."),
                 io.Boolean.Input("gradient_checkpointing", default=DPO_DEFAULTS.gradient_checkpointing,
                                  tooltip="Recompute UNet activations in the backward pass: less memory, slower."),
-                io.Int.Input("seed", default=DPO_DEFAULTS.seed, min=0, max=2**31 - 1,
+                io.Int.Input("seed", default=DPO_DEFAULTS.seed, min=0, max=2**31 - 1, control_after_generate=False,
                              tooltip="Seeds the LoRA init, minibatches, noise and timesteps."),
                 io.Int.Input("checkpoint_every", default=DPO_DEFAULTS.checkpoint_every, min=0, max=100000,
                              tooltip="Steps between checkpoints (a cancelled run resumes from the last)."),

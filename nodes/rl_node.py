@@ -106,7 +106,7 @@ class RLFineTune(io.ComfyNode):
                                tooltip="16-bit frozen weights (fp16/bf16) save memory on GPUs; 'no' is float32."),
                 io.Boolean.Input("gradient_checkpointing", default=DEFAULTS.gradient_checkpointing,
                                  tooltip="Recompute UNet activations in the backward pass: less memory, slower."),
-                io.Int.Input("seed", default=DEFAULTS.seed, min=0, max=2**31 - 1,
+                io.Int.Input("seed", default=DEFAULTS.seed, min=0, max=2**31 - 1, control_after_generate=False,
                              tooltip="Seeds prompts, noise, shuffles and the LoRA init."),
                 io.String.Input("lora_name", default="instructbooth/sks_plushie_rl",
                                 tooltip="File name of the result in models/loras (personalized + RL in one file)."),

@@ -27,6 +27,7 @@ from workflow_graphs import (  # noqa: E402
     UPLOAD_FLAGS,
     WIDGET_TYPES,
     WORKFLOWS,
+    has_control_widget,
     input_names,
     input_spec,
     ui_to_api,
@@ -144,7 +145,7 @@ class Graph:
             else:
                 value = {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}[kind_type]
             values.append(value)
-            if options.get("control_after_generate"):
+            if has_control_widget(name, options):
                 values.append("fixed")
             values += ["image" for flag in UPLOAD_FLAGS if options.get(flag)]
         return values

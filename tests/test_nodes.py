@@ -258,3 +258,17 @@ def test_rl_node_defaults_are_the_library_recipe_and_bad_settings_fail_validatio
     assert isinstance(message, str) and "images_per_prompt=1 every advantage is 0" in message
     message = node.validate_inputs("{id} riding a bicycle", "sks", "ib/rl", **{**widgets, "batch_size": 6})
     assert "images_per_prompt 4 must be >= 1 and divide sample_batch_size 6" in message
+
+
+def test_training_seeds_stay_fixed_in_the_frontend(nodes):
+    """The frontend adds a "control after generate" widget (default randomize) to any INT named
+    seed unless the input says otherwise; a randomized seed would change the run key after every
+    run, so a finished run would train again and a cancelled one would not resume."""
+    from workflow_graphs import has_control_widget
+
+    seeds = [(name, i) for name, cls in nodes.items() for i in cls.define_schema().inputs if i.id in ("seed", "noise_seed")]
+    assert len(seeds) == 4  # Personalize, RL Fine-Tune, Preference Pairs, DPO
+    for name, item in seeds:
+        assert item.extra.get("control_after_generate") is False, name
+        assert not has_control_widget(item.id, item.extra)
+    assert has_control_widget("seed", {}) and has_control_widget("noise_seed", {"control_after_generate": None})

@@ -67,12 +67,22 @@ def widget_names(info: dict) -> list[str]:
     return [name for name in input_names(info) if input_spec(info, name)[0] in WIDGET_TYPES]
 
 
+SEED_NAMES = ("seed", "noise_seed")
+
+
+def has_control_widget(name: str, options: dict) -> bool:
+    """The frontend's rule (1.35): `control_after_generate ?? name in ("seed", "noise_seed")`,
+    so an INT named seed gets a "control after generate" widget unless it declares otherwise."""
+    declared = options.get("control_after_generate")
+    return bool(declared) if declared is not None else name in SEED_NAMES
+
+
 def widget_slots(info: dict) -> list[tuple[str, int]]:
     """(widget name, number of widgets_values it takes) in widget order."""
     slots = []
     for name in widget_names(info):
         options = input_spec(info, name)[1]
-        extra = int(bool(options.get("control_after_generate"))) + sum(bool(options.get(f)) for f in UPLOAD_FLAGS)
+        extra = int(has_control_widget(name, options)) + sum(bool(options.get(f)) for f in UPLOAD_FLAGS)
         slots.append((name, 1 + extra))
     return slots
 
