@@ -29,9 +29,17 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp_path, _ordinary_mode())  # mkstemp makes 0600; a shared models folder needs readable files
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _ordinary_mode() -> int:
+    """The mode `open()` would give a new file: 0666 less the process umask (0644 with umask 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def atomic_write(target: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
