@@ -71,7 +71,7 @@ def metadata_strings(state: dict[str, torch.Tensor], meta: LoraMetadata, title: 
         "modelspec.architecture": "stable-diffusion-v1/lora",
         "modelspec.implementation": "diffusers",
         "modelspec.title": title or meta.trigger_phrase,
-        "modelspec.resolution": "512x512",
+        "modelspec.resolution": trained_resolution(meta.training_config),
         "modelspec.prediction_type": "epsilon",
         "modelspec.trigger_phrase": meta.trigger_phrase,
         "modelspec.description": meta.description,
@@ -80,6 +80,18 @@ def metadata_strings(state: dict[str, torch.Tensor], meta: LoraMetadata, title: 
     if meta.base_model_hash:
         strings["ss_new_sd_model_hash"] = meta.base_model_hash
     return strings
+
+
+def trained_resolution(training_config: dict) -> str:
+    """"<width>x<height>" of the images a LoRA was trained on, from its training config
+    (personalization's `resolution`, RL's `rl.width` / `rl.height`, DPO's `resolution`); ""
+    when the config does not say."""
+    for section in (training_config, training_config.get("rl", {}), training_config.get("dpo", {})):
+        if isinstance(section, dict) and "width" in section and "height" in section:
+            return f"{section['width']}x{section['height']}"
+        if isinstance(section, dict) and "resolution" in section:
+            return f"{section['resolution']}x{section['resolution']}"
+    return ""
 
 
 def _rank_of(state: dict[str, torch.Tensor]) -> int:

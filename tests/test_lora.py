@@ -452,3 +452,14 @@ def test_misuse_is_refused(injected):
         LoraConfig(rank=0)
     with pytest.raises(LoraError, match="unknown LoRA method 'sft'"):
         LoraMetadata(method="sft")
+
+
+def test_modelspec_resolution_is_the_trained_one():
+    from instructbooth.lora_files import LoraMetadata, metadata_strings
+
+    state = {"lora_unet_mid_block_attentions_0_proj_in.lora_down.weight": torch.zeros(2, 4),
+             "lora_unet_mid_block_attentions_0_proj_in.lora_up.weight": torch.zeros(4, 2)}
+    assert metadata_strings(state, LoraMetadata(training_config={"resolution": 64}))["modelspec.resolution"] == "64x64"
+    rl = LoraMetadata(training_config={"rl": {"width": 768, "height": 512}})
+    assert metadata_strings(state, rl)["modelspec.resolution"] == "768x512"
+    assert "modelspec.resolution" not in metadata_strings(state, LoraMetadata())  # unknown: not claimed
