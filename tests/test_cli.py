@@ -40,3 +40,27 @@ def test_rl_help_carries_each_default_with_its_whole_reason(capsys):
     assert "2 x 4 = 8 samples per update, 2 updates per epoch" in text  # a continuation line of the comment
     assert "0.424 at 0.25 against 0.343 at 0.5" in text and "(default 0.25)" in text
     assert "std 0.040 and 0.021 against a median of 0.29" in text and "(default 0.96)" in text
+
+
+def test_unknown_or_missing_devices_are_named_before_any_work(capsys, tmp_path):
+    import torch
+    from PIL import Image
+
+    from instructbooth.devices import resolve_device
+
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device(" CPU ") == torch.device("cpu")
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown device 'banana'.*here: cpu"):
+        resolve_device("banana")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="sees no CUDA GPU.*--device cpu"):
+            resolve_device("cuda:1")
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    (tmp_path / "m.pt").write_bytes(b"not read yet")
+    for command in (["score", "--model", str(tmp_path / "m.pt"), "--prompt", "p", str(tmp_path / "x.png")],
+                    ["generate", "--random-model", "tiny", "--prompt", "p", "--output-dir", str(tmp_path / "o")]):
+        assert cli.main(command + ["--device", "banana"]) == 1
+        err = capsys.readouterr().err
+        assert "unknown device 'banana'" in err and "Traceback" not in err

@@ -60,6 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from ..devices import resolve_device
+
     from ..checkpoint import load_checkpoint
     from ..lora import load_lora
     from ..preference.dpo import DPOConfig, PairData, save_result, train_dpo
@@ -68,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from ..rewards import load_reward, parse_dtype
     from ..training import NonFiniteLossError
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = resolve_device(args.device)
     dtype = parse_dtype(args.dtype)
     pair_config = PairConfig(**known_fields(pair_settings(args), PairConfig, "--pair-config"))
     dpo_config = DPOConfig(**known_fields(dpo_settings(args), DPOConfig, "--dpo-config"))

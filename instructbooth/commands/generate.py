@@ -65,8 +65,7 @@ def fill_trigger(prompts: list[str], trigger: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
+    from ..devices import resolve_device
     from ..files import atomic_write, write_json
     from ..lora import apply_lora, load_lora
     from ..sampling import PromptEmbeddingCache, sample_images
@@ -75,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     loras = [(path, scale, *load_lora(path)) for path, scale in map(parse_lora_spec, args.lora)]
     trigger = next((meta.trigger_phrase for _, _, _, meta in loras if meta.trigger_phrase), "")
     prompts = fill_trigger(prompts, trigger)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = resolve_device(args.device)
     components = _load_components(args, device)
     for path, scale, state, _ in loras:
         patched = apply_lora(components, state, unet_scale=scale, text_scale=scale)

@@ -88,6 +88,8 @@ def config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from ..devices import resolve_device
+
     from ..checkpoint import load_checkpoint
     from ..personalize import personalize, save_result
     from ..subject_data import load_subject_images
@@ -96,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     images = args.images  # folders and/or files
     load_subject_images(images)  # fail on bad photos before loading the model
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = resolve_device(args.device)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.mixed_precision, torch.float32)
     components = load_checkpoint(args.checkpoint, dtype=dtype, device=device)  # LoRA stays fp32 regardless
     class_images = None

@@ -131,9 +131,9 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     processes, device = Processes.from_environment()
     if processes.world_size == 1 and args.device != "auto":
-        import torch
+        from ..devices import resolve_device
 
-        device = torch.device(args.device)
+        device = resolve_device(args.device)
     base_lora, meta = load_lora(args.lora) if args.lora else (None, LoraMetadata())
     prompts = build_prompts(args, meta)
     reward = load_reward(args.reward, **_reward_options(args.reward, device))

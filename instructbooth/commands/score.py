@@ -24,14 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
+    from ..devices import resolve_device
     from ..rewards import best_of_n, load_image_reward
 
     missing = [path for path in args.images if not os.path.isfile(path)]
     if missing:
         raise FileNotFoundError(f"image not found: {', '.join(missing)}")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = resolve_device(args.device)
     scorer = load_image_reward(args.model, args.config, device, args.dtype, args.batch_size)
     best = best_of_n(scorer, args.images, args.prompt, k=len(args.images))
     rows = [
