@@ -61,7 +61,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..devices import resolve_device
-
     from ..checkpoint import load_checkpoint
     from ..lora import load_lora
     from ..preference.dpo import DPOConfig, PairData, save_result, train_dpo
@@ -90,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
                             resume=not args.no_resume, base_lora=base_lora, subject=subject)
         print(f"pairs: {json.dumps(built.counts)}", file=sys.stderr)
         del judge
-        if device.startswith("cuda"):
+        if device.type == "cuda":
             torch.cuda.empty_cache()
         if args.pairs_only:
             return 0
@@ -164,7 +163,7 @@ def make_subject(args: argparse.Namespace, metadata):
     return Subject(identifier, class_noun, description)
 
 
-def reward_options(spec: str, device: str) -> dict:
+def reward_options(spec: str, device) -> dict:
     """ImageReward runs on the model's device; cheap rewards take no options."""
     name = spec.split(":", 1)[0].strip().lower().replace("-", "_")
     return {"device": device} if name in ("imagereward", "image_reward") else {}

@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_components(args: argparse.Namespace, device: str):
+def _load_components(args: argparse.Namespace, device):
     import torch
 
     dtype = getattr(torch, args.dtype)

@@ -89,7 +89,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..devices import resolve_device
-
     from ..checkpoint import load_checkpoint
     from ..personalize import personalize, save_result
     from ..subject_data import load_subject_images
