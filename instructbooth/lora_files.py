@@ -48,8 +48,14 @@ class LoraMetadata:
 
 
 def save_lora(path: str | os.PathLike, state: dict[str, torch.Tensor], metadata: LoraMetadata) -> Path:
-    """Writes a kohya state as safetensors with string metadata, atomically."""
+    """Writes a kohya state as safetensors with string metadata, atomically. A state holding
+    NaN or inf is refused (it would make every image black), and nothing is written."""
     check_kohya_state(state)
+    broken = [key for key, value in state.items() if value.is_floating_point() and not bool(value.isfinite().all())]
+    if broken:
+        raise LoraError(f"the LoRA for {Path(path).name} holds NaN or inf values ({len(broken)} tensors, e.g. "
+                        f"{broken[0]}): training diverged; nothing was written. Lower the learning rate or check "
+                        "the settings for inf/NaN")
     return write_safetensors(path, state, metadata_strings(state, metadata, title=Path(path).stem))
 
 

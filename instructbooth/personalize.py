@@ -32,7 +32,7 @@ from .sampling import sample_images
 from .subject_data import Examples, ImageSource, cache_examples, caption_prompt, class_prompt, draw_batch
 from .subject_data import fill_prompt, fit_square, instance_prompt, load_subject_images, tensor_to_pil
 from .training import CheckpointStore, Precision, StepCallback, StepReport, config_mismatch, gradient_checkpointing
-from .training import capture_rng, notify, require_finite, restore_rng
+from .training import capture_rng, non_finite_problem, notify, require_finite, restore_rng
 from .objectives import denoising_target
 
 # Config fields a resumed run may change (everything else must match the checkpoint).
@@ -382,6 +382,8 @@ def save_result(result: PersonalizeResult, path: str | Path) -> Path:
 
 def check_config(config: PersonalizeConfig, components: SDComponents) -> None:
     """Raises ValueError naming the first setting that cannot work."""
+    if non_finite_problem(config):
+        raise ValueError(non_finite_problem(config))
     positive = {"steps": config.steps, "batch_size": config.batch_size, "learning_rate": config.learning_rate,
                 "resolution": config.resolution, "keep_checkpoints": config.keep_checkpoints}
     for name, value in positive.items():

@@ -83,6 +83,24 @@ class NonFiniteLossError(RuntimeError):
         )
 
 
+def non_finite_settings(config: Any) -> list[str]:
+    """"name=value" of every float setting of a dataclass config (tuples of floats included)
+    that is NaN or infinite: such a value passes `> 0` checks and trains a NaN model."""
+    found = []
+    for name in getattr(config, "__dataclass_fields__", {}):
+        value = getattr(config, name)
+        numbers = value if isinstance(value, (tuple, list)) else (value,)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+            found.append(f"{name}={value}")
+    return found
+
+
+def non_finite_problem(config: Any) -> str:
+    """A sentence naming the non-finite settings, or "" when every number is finite."""
+    found = non_finite_settings(config)
+    return f"settings must be finite numbers: {', '.join(found)}" if found else ""
+
+
 def require_finite(value: torch.Tensor | float, step: int, store: "CheckpointStore | None", what: str = "loss") -> float:
     """`value` as a float; raises NonFiniteLossError (naming the last checkpoint) if not finite."""
     number = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)

@@ -517,3 +517,14 @@ def test_cli_errors_are_messages_not_tracebacks(tmp_path, capsys, image_files):
     assert code == 1 and "no ImageReward weights" in capsys.readouterr().err
     code, _ = _cli("score", "--model", str(tmp_path / "nope.pt"), "--prompt", "x", str(tmp_path / "a.png"))
     assert code == 1 and "image not found" in capsys.readouterr().err
+
+
+def test_cli_refuses_to_print_nan_scores(tmp_path, weights_path, fixture_dir, image_files, capsys):
+    state = load_file(weights_path)
+    state["mlp.layers.0.weight"] = torch.full_like(state["mlp.layers.0.weight"], float("nan"))
+    broken = tmp_path / "broken.safetensors"
+    save_file(state, broken)
+    code, out = _cli("score", "--model", str(broken), "--config", str(fixture_dir / "config.json"), "--prompt", "a cat",
+                     str(image_files[0]))
+    assert code == 1 and "nan" not in out.lower()
+    assert "non-finite scores" in capsys.readouterr().err

@@ -463,3 +463,36 @@ def test_modelspec_resolution_is_the_trained_one():
     rl = LoraMetadata(training_config={"rl": {"width": 768, "height": 512}})
     assert metadata_strings(state, rl)["modelspec.resolution"] == "768x512"
     assert "modelspec.resolution" not in metadata_strings(state, LoraMetadata())  # unknown: not claimed
+
+
+def test_a_lora_with_nan_or_inf_is_not_written(tmp_path):
+    from instructbooth.lora_files import LoraMetadata, save_lora
+    from instructbooth.lora_keys import LoraError
+
+    state = {"lora_unet_mid_block_attentions_0_proj_in.lora_down.weight": torch.zeros(2, 4),
+             "lora_unet_mid_block_attentions_0_proj_in.lora_up.weight": torch.full((4, 2), float("nan"))}
+    with pytest.raises(LoraError, match="NaN or inf values.*nothing was written"):
+        save_lora(tmp_path / "x.safetensors", state, LoraMetadata())
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("config, settings", [
+    ("rl.config.RLConfig", {"learning_rate": float("inf")}),
+    ("rl.config.RLConfig", {"adam_betas": (0.9, float("nan"))}),
+    ("preference.dpo.DPOConfig", {"beta": float("inf")}),
+    ("preference.pairs.PairConfig", {"guidance": float("nan")}),
+])
+def test_non_finite_settings_are_refused(config, settings):
+    import importlib
+
+    module, name = config.rsplit(".", 1)
+    cls = getattr(importlib.import_module(f"instructbooth.{module}"), name)
+    with pytest.raises(ValueError, match="must be finite numbers"):
+        cls(**settings)
+
+
+def test_personalize_refuses_a_non_finite_learning_rate(tiny):
+    from instructbooth.personalize import PersonalizeConfig, check_config
+
+    with pytest.raises(ValueError, match="finite numbers: learning_rate=inf"):
+        check_config(PersonalizeConfig(learning_rate=float("inf"), resolution=32), tiny)

@@ -33,6 +33,9 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     scorer = load_image_reward(args.model, args.config, device, args.dtype, args.batch_size)
     best = best_of_n(scorer, args.images, args.prompt, k=len(args.images))
+    if not bool(best.scores.isfinite().all()):
+        raise ValueError(f"the model gave non-finite scores ({best.scores.tolist()}): its weights hold NaN or inf "
+                         f"values, or {args.dtype} overflowed; check the file, or try --dtype float32")
     rows = [
         {"rank": place, "score": round(float(score), 6), "file": path}
         for place, (score, path) in enumerate(zip(best.scores.tolist(), best.images), start=1)

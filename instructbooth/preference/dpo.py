@@ -33,7 +33,7 @@ from ..lora import lora_state_dict, merge_lora_states, remove_lora, save_lora
 from ..prompts import Subject
 from ..sampling import PromptEmbeddingCache
 from ..training import CheckpointStore, Precision, StepCallback, StepReport, capture_rng, config_mismatch
-from ..training import gradient_checkpointing, notify, require_finite, restore_rng
+from ..training import gradient_checkpointing, non_finite_problem, notify, require_finite, restore_rng
 from .dpo_loss import denoising_errors, diffusion_dpo_loss, implicit_accuracy
 from ..training import state_fingerprint
 from .pairs import KINDS, PairStore, PreferencePair, derive_seed, lora_merged
@@ -79,6 +79,8 @@ class DPOConfig:
                                                        else self.unet_targets))
         object.__setattr__(self, "adam_betas", tuple(self.adam_betas))
         problems = []
+        if non_finite_problem(self):
+            problems.append(non_finite_problem(self))
         if self.beta <= 0:
             problems.append(f"beta must be > 0, got {self.beta}")
         if min(self.steps, self.batch_size, self.eval_draws, self.eval_batch_size, self.keep_checkpoints) < 1:

@@ -40,7 +40,7 @@ from ..files import atomic_write, write_json, write_text
 from ..lora import apply_lora
 from ..prompts import Subject
 from ..sampling import PromptEmbeddingCache, sample_images
-from ..training import notify, state_fingerprint
+from ..training import non_finite_problem, notify, state_fingerprint
 from .taxonomy import PromptPair, PromptSpec, Taxonomy
 
 FORMAT = 1  # manifest format version
@@ -76,6 +76,8 @@ class PairConfig:
 
     def __post_init__(self):
         problems = []
+        if non_finite_problem(self):
+            problems.append(non_finite_problem(self))
         if min(self.prompt_pairs, self.images_per_prompt, self.sample_steps, self.batch_size) < 1:
             problems.append("prompt_pairs, images_per_prompt, sample_steps and batch_size must be >= 1")
         if self.cross_pairs not in CROSS_MODES:

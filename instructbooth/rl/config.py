@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, dataclass
 
 from ..lora import UNET_ATTENTION_TARGETS, LoraConfig
+from ..training import non_finite_problem
 from .rwr import WEIGHTINGS as RWR_WEIGHTINGS
 
 METHODS = ("ddpo", "rwr")
@@ -97,6 +98,8 @@ class RLConfig:
         yield from self._learning_problems()
 
     def _value_problems(self):
+        if non_finite_problem(self):
+            yield non_finite_problem(self)
         if self.method not in METHODS:
             yield f"method must be one of {METHODS}, got {self.method!r}"
         if self.advantage not in ADVANTAGE_MODES:
