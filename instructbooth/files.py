@@ -19,10 +19,15 @@ from safetensors.torch import save_file
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
-    """Yields a temporary path beside `target`; on success renames it onto `target`."""
+    """Yields a temporary path beside `target`; on success renames it onto `target`.
+
+    The temporary file's name carries the writing process's id (`.<name>.<pid>.<random>.tmp`),
+    so the leftovers of a writer that was killed are recognised and removed by the next write
+    of the same target (a live writer's are left alone)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    remove_stale_temporaries(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -33,6 +38,31 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(target: Path) -> list[Path]:
+    """Deletes `target`'s temporary files left by writers that no longer run; returns them."""
+    removed = []
+    for path in target.parent.glob(f".{glob_escape(target.name)}.*.tmp"):
+        pid = path.name[len(target.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
 
 
 def _ordinary_mode() -> int:

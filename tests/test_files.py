@@ -34,3 +34,28 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         atomic_write(target, broken)
     assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+
+
+def test_a_killed_writer_leaves_no_temporary_behind_after_the_next_write(tmp_path):
+    """A child process is killed (SIGKILL) in the middle of writing a large file; the target is
+    untouched, and the next write of it removes the dead writer's temporary file."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    target = write_text(tmp_path / "lora.safetensors", "old")
+    code = ("import sys, time; from instructbooth.files import atomic_write\n"
+            "def slow(path):\n"
+            "    with open(path, 'wb') as f:\n"
+            "        f.write(b'x' * 1_000_000); f.flush(); print('writing', flush=True); time.sleep(60)\n"
+            f"atomic_write({str(target)!r}, slow)\n")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "writing"
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=10)
+    leftovers = list(tmp_path.glob(".lora.safetensors.*.tmp"))
+    assert len(leftovers) == 1 and target.read_text() == "old"  # killed mid-write: the old file is intact
+    time.sleep(0.01)
+    write_text(target, "new")
+    assert target.read_text() == "new" and list(tmp_path.glob("*.tmp")) == [] and list(tmp_path.glob(".*.tmp")) == []
