@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"instructbooth {name}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except OSError as error:  # a full disk, a permission denied mid-run: say so, no traceback
+        print(f"instructbooth {name}: error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

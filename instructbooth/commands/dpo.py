@@ -60,8 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..devices import resolve_device
     from ..checkpoint import load_checkpoint
+    from ..devices import resolve_device
+    from ..outputs import check_output_file, check_output_folder, save_or_rescue
     from ..lora import load_lora
     from ..preference.dpo import DPOConfig, PairData, save_result, train_dpo
     from ..preference.pairs import PairConfig, build_pairs
@@ -75,8 +76,12 @@ def run(args: argparse.Namespace) -> int:
     dpo_config = DPOConfig(**known_fields(dpo_settings(args), DPOConfig, "--dpo-config"))
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
     taxonomy = Taxonomy.load(args.taxonomy) if args.taxonomy else Taxonomy.default()
-    output = Path(args.output)
+    inputs = [args.checkpoint, args.lora, args.taxonomy, reward_file(args.reward)]
+    output = check_output_file(args.output, inputs, folders=[args.checkpoint_dir])  # before any work
     pairs_dir = Path(args.pairs_dir) if args.pairs_dir else output.with_name(output.stem + "_pairs")
+    for folder in (pairs_dir, args.checkpoint_dir):
+        if folder:
+            check_output_folder(folder, inputs)
 
     base_lora, base_meta = load_lora(args.lora) if args.lora else (None, None)
     subject = make_subject(args, base_meta)
@@ -99,16 +104,17 @@ def run(args: argparse.Namespace) -> int:
                            subject=subject, base_model_hash=model_hash(args.checkpoint, base_meta))
     except KeyboardInterrupt:
         kept = f" and {args.checkpoint_dir}" if args.checkpoint_dir else ""
-        print(f"interrupted; rerun the same command to resume from {pairs_dir}{kept}")
+        print(f"interrupted; rerun the same command to resume from {pairs_dir}{kept}", file=sys.stderr)
         return 130
     except NonFiniteLossError as error:
         print(f"instructbooth dpo: error: {error}", file=sys.stderr)
         return 1
-    path = save_result(result, output)
+    path, saved = save_or_rescue(lambda target: save_result(result, target), output,
+                                 log=lambda message: print(f"instructbooth dpo: error: {message}", file=sys.stderr))
     first, last = result.evaluations[0], result.evaluations[-1]
     print(f"wrote {path} ({result.steps_done} steps; implicit accuracy on the training pairs "
           f"{first['implicit_accuracy']:.3f} -> {last['implicit_accuracy']:.3f})")
-    return 0
+    return 0 if saved else 1
 
 
 def pair_settings(args: argparse.Namespace) -> dict:
@@ -161,6 +167,12 @@ def make_subject(args: argparse.Namespace, metadata):
         raise ValueError("give both --identifier and --class-noun (the LoRA's metadata names only one of them)")
     description = args.description if args.description is not None else (metadata.description if metadata else "")
     return Subject(identifier, class_noun, description)
+
+
+def reward_file(spec: str) -> str | None:
+    """The weights file a reward spec names ("imagereward:/path/ImageReward.pt"), if any."""
+    name, _, rest = spec.partition(":")
+    return rest if name.strip().lower().replace("-", "_") in ("imagereward", "image_reward") and rest else None
 
 
 def reward_options(spec: str, device) -> dict:

@@ -68,10 +68,13 @@ def run(args: argparse.Namespace) -> int:
     from ..devices import resolve_device
     from ..files import atomic_write, write_json
     from ..lora import apply_lora, load_lora
+    from ..outputs import check_output_folder
     from ..sampling import PromptEmbeddingCache, sample_images
 
+    specs = [parse_lora_spec(spec) for spec in args.lora]
+    check_output_folder(args.output_dir, [args.checkpoint, args.prompts, *(path for path, _ in specs)])
     prompts = gather_prompts(args)
-    loras = [(path, scale, *load_lora(path)) for path, scale in map(parse_lora_spec, args.lora)]
+    loras = [(path, scale, *load_lora(path)) for path, scale in specs]
     trigger = next((meta.trigger_phrase for _, _, _, meta in loras if meta.trigger_phrase), "")
     prompts = fill_trigger(prompts, trigger)
     device = resolve_device(args.device)

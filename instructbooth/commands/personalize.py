@@ -12,6 +12,7 @@ from DIR are generated once by the base model and saved there for later runs.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -88,14 +89,19 @@ def config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..devices import resolve_device
     from ..checkpoint import load_checkpoint
+    from ..devices import resolve_device
+    from ..outputs import check_output_file, check_output_folder, save_or_rescue
     from ..personalize import personalize, save_result
     from ..subject_data import load_subject_images
     from ..training import NonFiniteLossError
 
     config = config_from_args(args)
     images = args.images  # folders and/or files
+    inputs = [args.checkpoint, *images, args.class_images]
+    output = check_output_file(args.output, inputs, folders=[args.checkpoint_dir])  # before any work
+    if args.checkpoint_dir:
+        check_output_folder(args.checkpoint_dir, inputs)
     load_subject_images(images)  # fail on bad photos before loading the model
     device = resolve_device(args.device)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.mixed_precision, torch.float32)
@@ -117,15 +123,19 @@ def run(args: argparse.Namespace) -> int:
         )
     except KeyboardInterrupt:
         kept = f"; rerun the same command to resume from {args.checkpoint_dir}" if args.checkpoint_dir else ""
-        print(f"interrupted{kept}")
+        print(f"interrupted{kept}", file=sys.stderr)
         return 130
     except NonFiniteLossError as error:
         print(f"instructbooth personalize: error: {error}")
         return 1
-    path = save_result(result, args.output)
+    path, saved = save_or_rescue(lambda target: save_result(result, target), output, log=_error)
     save_validation(result, path.with_name(f"{path.stem}_validation"))
     print(f"wrote {path} ({result.steps_done} steps, final loss {result.loss_history[-1]:.4f})")
-    return 0
+    return 0 if saved else 1
+
+
+def _error(message: str) -> None:
+    print(f"instructbooth personalize: error: {message}", file=sys.stderr)
 
 
 def save_validation(result, folder: Path) -> None:

@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import inspect
 import re
+import sys
 import time
 import typing
 from pathlib import Path
@@ -122,6 +123,7 @@ def config_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from ..lora import LoraMetadata, load_lora, save_lora
+    from ..outputs import check_output_file, check_output_folder, save_or_rescue
     from ..rewards import load_reward
     from ..rl.distributed import Processes
     from ..rl.metrics import write_metrics
@@ -129,6 +131,10 @@ def run(args: argparse.Namespace) -> int:
     from ..training import NonFiniteLossError
 
     config = config_from_args(args)
+    inputs = [args.checkpoint, args.lora, reward_file(args.reward), args.subject_images,
+              reward_file(args.subject_measure or ""), *prompt_files(args)]
+    output = check_output_file(args.output, inputs, folders=[args.checkpoint_dir])  # before any work
+    check_output_folder(args.checkpoint_dir or output.with_name(f"{output.stem}_metrics"), inputs)
     processes, device = Processes.from_environment()
     if processes.world_size == 1 and args.device != "auto":
         from ..devices import resolve_device
@@ -149,18 +155,32 @@ def run(args: argparse.Namespace) -> int:
                           subject_measure=measure, base_model_hash=model_hash or meta.base_model_hash)
     except KeyboardInterrupt:
         kept = f"; rerun the same command to resume from {args.checkpoint_dir}" if args.checkpoint_dir else ""
-        print(f"interrupted{kept}")
+        print(f"interrupted{kept}", file=sys.stderr)
         return 130
     except NonFiniteLossError as error:
-        print(f"instructbooth rl: error: {error}")
+        print(f"instructbooth rl: error: {error}", file=sys.stderr)
         return 1
+    saved = True
     if processes.is_main:
-        output = Path(args.output)
-        save_lora(output, result.lora_state, result.metadata)
+        written, saved = save_or_rescue(lambda target: save_lora(target, result.lora_state, result.metadata), output,
+                                        log=lambda message: print(f"instructbooth rl: error: {message}",
+                                                                  file=sys.stderr))
         if args.checkpoint_dir is None:
             write_metrics(output.with_name(f"{output.stem}_metrics"), result.metrics)
-        print(summary_line(result, output))
-    return 0
+        print(summary_line(result, written))
+    return 0 if saved else 1
+
+
+def reward_file(spec: str) -> str | None:
+    """The weights file a reward spec names ("imagereward:/path/ImageReward.pt"), if any."""
+    name, _, rest = spec.partition(":")
+    return rest if name.strip().lower().replace("-", "_") in ("imagereward", "image_reward") and rest else None
+
+
+def prompt_files(args: argparse.Namespace) -> list[str]:
+    """The .txt prompt files among --prompts and --heldout (shipped set names are not files)."""
+    names = [n.strip() for n in args.prompts.split(",")] + [args.heldout]
+    return [n for n in names if n.endswith(".txt")]
 
 
 def build_prompts(args: argparse.Namespace, meta):

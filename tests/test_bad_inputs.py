@@ -1,0 +1,105 @@
+"""A bad-input table for the command line: every case ends with a non-zero exit code, an error on
+stderr that names the problem and what to do, no traceback, and no input file changed. The
+checks run before any model is loaded, so the cases take milliseconds."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from instructbooth.cli import main
+
+
+@pytest.fixture
+def files(tmp_path) -> dict[str, Path]:
+    """Inputs a user has: a checkpoint, photos (a folder and one file), a LoRA, ImageReward weights."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        Image.new("RGB", (64, 64), (40 * i, 90, 160)).save(photos / f"{i}.png")
+    paths = {"photos": photos, "photo": photos / "0.png", "ckpt": tmp_path / "sd15.safetensors",
+             "lora": tmp_path / "sks.safetensors", "reward": tmp_path / "ImageReward.pt", "dir": tmp_path / "runs",
+             "plainfile": tmp_path / "notes.txt", "tmp": tmp_path}
+    for key in ("ckpt", "lora", "reward", "plainfile"):
+        paths[key].write_bytes(key.encode() * 100)
+    (paths["dir"]).mkdir()
+    return paths
+
+
+def _digests(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+PERSONALIZE = ["personalize", "--checkpoint", "{ckpt}", "--images", "{photos}"]
+RL = ["rl", "--random-model", "tiny", "--identifier", "sks", "--class-noun", "plushie", "--reward", "brightness"]
+CASES = {  # name -> (argv with {placeholders}, what stderr must say)
+    "output is the base checkpoint": (PERSONALIZE + ["--output", "{ckpt}"], "would overwrite the input file"),
+    "output is a photo": (["personalize", "--checkpoint", "{ckpt}", "--images", "{photo}", "--output", "{photo}"],
+                          "would overwrite the input file"),
+    "output inside the photo folder": (PERSONALIZE + ["--output", "{photos}/lora.safetensors"],
+                                       "would overwrite the input folder"),
+    "output in the checkpoint folder": (PERSONALIZE + ["--checkpoint-dir", "{dir}", "--output", "{dir}/x.safetensors"],
+                                        "inside the checkpoint folder"),
+    "output is a folder": (PERSONALIZE + ["--output", "{dir}"], "is a folder; give a file name"),
+    "output under a file": (PERSONALIZE + ["--output", "{plainfile}/x.safetensors"], "is a file, not a folder"),
+    "output name too long": (PERSONALIZE + ["--output", "{tmp}/" + "n" * 300 + ".safetensors"],
+                             "choose a shorter name"),
+    "output where nothing can be written": (PERSONALIZE + ["--output", "/proc/sks.safetensors"], "cannot write in"),
+    "checkpoint folder is a file": (PERSONALIZE + ["--checkpoint-dir", "{plainfile}", "--output", "{tmp}/o.safetensors"],
+                                    "is a file, not a folder"),
+    "rl output is the personalized LoRA": (RL + ["--lora", "{lora}", "--output", "{lora}"],
+                                           "would overwrite the input file"),
+    "rl output is the reward file": (RL[:-1] + ["imagereward:{reward}", "--output", "{reward}"],
+                                     "would overwrite the input file"),
+    "rl micro-batch of 0": (RL + ["--output", "{tmp}/o.safetensors", "--train-batch-size", "0"],
+                            "must be >= 1"),
+    "rl infinite learning rate": (RL + ["--output", "{tmp}/o.safetensors", "--learning-rate", "inf"],
+                                  "must be finite numbers: learning_rate=inf"),
+    "rl group advantages of single images": (RL + ["--output", "{tmp}/o.safetensors", "--images-per-prompt", "1"],
+                                             "images_per_prompt=1 every advantage is 0"),
+    "rl unknown device": (RL + ["--output", "{tmp}/o.safetensors", "--device", "banana"], "unknown device 'banana'"),
+    "dpo output is the checkpoint": (["dpo", "--checkpoint", "{ckpt}", "--reward", "brightness", "--output", "{ckpt}"],
+                                     "would overwrite the input file"),
+    "generate into a file": (["generate", "--random-model", "tiny", "--prompt", "a dog", "--output-dir", "{plainfile}"],
+                             "is a file, not a folder"),
+    "score a missing model": (["score", "--model", "{tmp}/missing.pt", "--prompt", "a dog", "{photo}"], "missing.pt"),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_is_refused_on_stderr_and_nothing_changes(name, files, capsys):
+    argv, message = CASES[name]
+    argv = [part.format(**files) for part in argv]
+    before = _digests(files["tmp"])
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code != 0, captured.out
+    assert message in captured.err, captured.err
+    assert "Traceback" not in captured.err + captured.out
+    assert _digests(files["tmp"]) == before  # no input changed, nothing half-written
+
+
+def test_a_result_that_cannot_be_saved_is_kept_and_its_place_named(tmp_path):
+    """A full disk at the very end: the trained result goes to the temporary folder instead."""
+    import errno
+
+    from instructbooth.outputs import save_or_rescue
+
+    target, lines = tmp_path / "out" / "sks.safetensors", []
+
+    def save(path: Path) -> Path:
+        if path == target:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        path.write_bytes(b"lora")
+        return path
+
+    written, saved = save_or_rescue(save, target, log=lines.append)
+    try:
+        assert not saved and written.read_bytes() == b"lora" and written.name.endswith("sks.safetensors")
+        assert "No space left on device" in lines[0] and str(written) in lines[0]
+    finally:
+        written.unlink(missing_ok=True)
