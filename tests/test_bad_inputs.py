@@ -103,3 +103,65 @@ def test_a_result_that_cannot_be_saved_is_kept_and_its_place_named(tmp_path):
         assert "No space left on device" in lines[0] and str(written) in lines[0]
     finally:
         written.unlink(missing_ok=True)
+
+
+# --- resuming with other inputs, one test per trainer's command ------------------------------------
+
+
+def test_rl_resume_with_other_prompts_is_refused(tmp_path, capsys):
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_text("{id} riding a bicycle\n")
+    second.write_text("{id} swimming\n")
+    common = RL + ["--output", str(tmp_path / "o.safetensors"), "--checkpoint-dir", str(tmp_path / "ck"),
+                   "--heldout", "none", "--sample-steps", "2", "--height", "16", "--width", "16",
+                   "--sample-batch-size", "2", "--sample-batches", "1", "--images-per-prompt", "2",
+                   "--train-batch-size", "2", "--gradient-accumulation-steps", "1", "--epochs", "1"]
+    assert main(common + ["--prompts", str(first)]) == 0
+    capsys.readouterr()
+    assert main(common + ["--prompts", str(second), "--epochs", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "made from other inputs (prompts differ)" in err and "--no-resume" in err
+    assert main(common + ["--prompts", str(first), "--epochs", "2"]) == 0  # the same inputs resume
+
+
+def test_personalize_resume_with_other_photos_is_refused(tmp_path, capsys):
+    from instructbooth.checkpoint import save_checkpoint
+    from instructbooth.components import tiny_components
+
+    base = save_checkpoint(tiny_components(), tmp_path / "base.safetensors")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(2):
+        Image.new("RGB", (32, 32), (200, 30 * i, 30)).save(photos / f"{i}.png")
+    args = ["personalize", "--checkpoint", str(base), "--images", str(photos), "--output",
+            str(tmp_path / "sks.safetensors"), "--resolution", "32", "--steps", "2", "--rank", "2",
+            "--checkpoint-dir", str(tmp_path / "ck"), "--device", "cpu"]
+    assert main(args) == 0
+    Image.new("RGB", (32, 32), (0, 0, 255)).save(photos / "1.png")  # another photo, same name
+    capsys.readouterr()
+    assert main(args[:-6] + ["--steps", "4"] + args[-4:]) == 1
+    assert "made from other inputs (photos differ)" in capsys.readouterr().err
+
+
+def test_dpo_resume_with_another_taxonomy_is_refused(tmp_path, capsys, monkeypatch):
+    import json
+    import sys
+    import types
+
+    from test_dpo import TAXONOMY, pixel_model
+
+    stand_in = types.ModuleType("instructbooth.checkpoint")
+    stand_in.load_checkpoint = lambda path, dtype, device: pixel_model()
+    monkeypatch.setitem(sys.modules, "instructbooth.checkpoint", stand_in)
+    taxonomy = tmp_path / "taxonomy.json"
+    taxonomy.write_text(json.dumps(TAXONOMY))
+    args = ["dpo", "--checkpoint", str(tmp_path / "base.safetensors"), "--output", str(tmp_path / "o.safetensors"),
+            "--taxonomy", str(taxonomy), "--reward", "target_color:1,0,0", "--device", "cpu", "--prompt-pairs", "2",
+            "--images-per-prompt", "3", "--sample-steps", "2", "--resolution", "16", "--min-margin", "0",
+            "--cross-pairs", "each", "--steps", "2", "--batch-size", "2", "--rank", "2", "--checkpoint-dir",
+            str(tmp_path / "ck"), "--dpo-config", '{"eval_draws": 1, "checkpoint_every": 1}']
+    assert main(args) == 0
+    taxonomy.write_text(json.dumps({**TAXONOMY, "note": "edited"}))
+    capsys.readouterr()
+    assert main(args) == 1
+    assert "made from other inputs (taxonomy differ)" in capsys.readouterr().err

@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load_checkpoint
     from ..devices import resolve_device
     from ..outputs import check_output_file, check_output_folder, save_or_rescue
+    from .run_inputs import check_run_inputs
     from ..lora import load_lora
     from ..preference.dpo import DPOConfig, PairData, save_result, train_dpo
     from ..preference.pairs import PairConfig, build_pairs
@@ -82,6 +83,9 @@ def run(args: argparse.Namespace) -> int:
     for folder in (pairs_dir, args.checkpoint_dir):
         if folder:
             check_output_folder(folder, inputs)
+    check_run_inputs(args.checkpoint_dir, {"base checkpoint": args.checkpoint, "personalized LoRA": args.lora,
+                                           "taxonomy": args.taxonomy, "pairs folder": f"path {pairs_dir}"},
+                     not args.no_resume)
 
     base_lora, base_meta = load_lora(args.lora) if args.lora else (None, None)
     subject = make_subject(args, base_meta)

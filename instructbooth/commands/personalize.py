@@ -92,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load_checkpoint
     from ..devices import resolve_device
     from ..outputs import check_output_file, check_output_folder, save_or_rescue
+    from .run_inputs import check_run_inputs
     from ..personalize import personalize, save_result
     from ..subject_data import load_subject_images
     from ..training import NonFiniteLossError
@@ -103,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint_dir:
         check_output_folder(args.checkpoint_dir, inputs)
     load_subject_images(images)  # fail on bad photos before loading the model
+    check_run_inputs(args.checkpoint_dir, {"base checkpoint": args.checkpoint, "photos": images,
+                                           "class images folder": f"path {args.class_images}"}, not args.no_resume)
     device = resolve_device(args.device)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.mixed_precision, torch.float32)
     components = load_checkpoint(args.checkpoint, dtype=dtype, device=device)  # LoRA stays fp32 regardless

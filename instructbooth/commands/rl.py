@@ -124,6 +124,7 @@ def config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from ..lora import LoraMetadata, load_lora, save_lora
     from ..outputs import check_output_file, check_output_folder, save_or_rescue
+    from .run_inputs import check_run_inputs
     from ..rewards import load_reward
     from ..rl.distributed import Processes
     from ..rl.metrics import write_metrics
@@ -135,6 +136,11 @@ def run(args: argparse.Namespace) -> int:
               reward_file(args.subject_measure or ""), *prompt_files(args)]
     output = check_output_file(args.output, inputs, folders=[args.checkpoint_dir])  # before any work
     check_output_folder(args.checkpoint_dir or output.with_name(f"{output.stem}_metrics"), inputs)
+    check_run_inputs(args.checkpoint_dir, {
+        "base checkpoint": args.checkpoint or f"random:{args.random_model}", "personalized LoRA": args.lora,
+        "reward": [args.reward, *filter(None, [reward_file(args.reward)])],
+        "prompts": [args.prompts, args.heldout, *prompt_files(args)],
+        "subject images": args.subject_images, "subject measure": args.subject_measure}, not args.no_resume)
     processes, device = Processes.from_environment()
     if processes.world_size == 1 and args.device != "auto":
         from ..devices import resolve_device
