@@ -29,6 +29,7 @@ from PIL import Image, ImageOps
 
 from .components import SDComponents
 from .encoding import encode_images, encode_prompts
+from .images import to_8bit
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 PLACEHOLDERS = ("id", "cls", "desc")
@@ -104,8 +105,9 @@ def read_caption(image_path: Path) -> str | None:
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
-    """PIL image -> [3, H, W] float32 in [0, 1]; transparency is composited on white."""
-    rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
+    """PIL image -> [3, H, W] float32 in [0, 1]; transparency is composited on white; 16-bit,
+    32-bit and float pictures are scaled to 8 bits as ImageReward reads them (`images.to_8bit`)."""
+    rgba = np.asarray(to_8bit(image).convert("RGBA"), dtype=np.float32) / 255.0
     return _over_white(torch.from_numpy(rgba).permute(2, 0, 1).contiguous())
 
 

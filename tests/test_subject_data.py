@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -188,3 +189,19 @@ def test_flips_draw_both_orientations():
     assert set(kinds) == {1, 2}
     unflipped = [draw_batch(examples, step, 1, False, parts, generator)[0] for step in range(4)]
     assert all(torch.equal(d, plain) for d in unflipped)
+
+
+@pytest.mark.parametrize("mode, values, top", [("I;16", np.uint16, 65535), ("I", np.int32, 65535),
+                                                ("F", np.float32, 1.0)])
+def test_deep_photos_are_scaled_like_imagereward_reads_them(tmp_path, mode, values, top):
+    """16-bit, 32-bit and float pictures were clipped to white (or black) squares; they are now
+    scaled to 8 bits as ImageReward's reader does (one reader for the pack)."""
+    from instructbooth.rewards.image_preprocess import preprocess_pil
+    from instructbooth.subject_data import pil_to_tensor
+
+    ramp = (np.linspace(0, 1, 64, dtype=np.float64)[None, :].repeat(32, 0) * top).astype(values)
+    image = Image.fromarray(ramp)
+    tensor = pil_to_tensor(image)
+    assert 0.45 < float(tensor.mean()) < 0.55 and float(tensor.min()) < 0.02 and float(tensor.max()) > 0.98
+    grey = Image.fromarray((tensor[0].numpy() * 255).round().astype(np.uint8))
+    assert torch.allclose(preprocess_pil(grey), preprocess_pil(image), atol=1e-6)

@@ -37,6 +37,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from ..images import to_8bit
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # per RGB channel, on pixels in [0, 1]
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CHANNEL_COUNTS = (1, 3, 4)
@@ -80,7 +82,7 @@ def load_image(path: str | os.PathLike) -> Image.Image:
 
 def preprocess_pil(image: Image.Image, size: int = 224) -> Tensor:
     """Any PIL image -> normalised pixels [3, size, size] float32."""
-    image = _to_8bit(image)
+    image = to_8bit(image)
     height, width = resized_size(image.height, image.width, size)
     if (height, width) != (image.height, image.width):
         image = image.resize((width, height), Image.Resampling.BICUBIC)
@@ -93,17 +95,6 @@ def preprocess_pil(image: Image.Image, size: int = 224) -> Tensor:
 def preprocess_pil_batch(images: Sequence[Image.Image], size: int = 224) -> Tensor:
     """A list of PIL images -> [B, 3, size, size]."""
     return torch.stack([preprocess_pil(image, size) for image in images])
-
-
-def _to_8bit(image: Image.Image) -> Image.Image:
-    """Deep integer and float modes -> 8-bit grey, scaling by the mode's range."""
-    if image.mode not in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        return image
-    values = np.asarray(image, dtype=np.float64)
-    top = 65535.0 if image.mode.startswith("I") else 1.0
-    if image.mode == "I" and values.max(initial=0) <= 255:
-        top = 255.0
-    return Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
 
 
 # --- exact tensor path (the PIL path on the pictures a file would hold) ---------------------
