@@ -32,7 +32,7 @@ from .sampling import sample_images
 from .subject_data import Examples, ImageSource, cache_examples, caption_prompt, class_prompt, draw_batch
 from .subject_data import fill_prompt, fit_square, instance_prompt, load_subject_images, tensor_to_pil
 from .training import CheckpointStore, Precision, StepCallback, StepReport, config_mismatch, gradient_checkpointing
-from .training import capture_rng, non_finite_problem, notify, require_finite, restore_rng
+from .training import capture_rng, non_finite_problem, notify, require_finite, require_finite_weights, restore_rng
 from .objectives import denoising_target
 
 # Config fields a resumed run may change (everything else must match the checkpoint).
@@ -163,6 +163,21 @@ def instance_examples(images: ImageSource, config: PersonalizeConfig) -> Example
     return Examples(pixels, prompts, seed=config.seed)
 
 
+def check_identifier_fits(components: SDComponents, prompts: list[str], identifier: str) -> None:
+    """Refuses prompts whose identifier lies past the text encoder's token limit (77 for CLIP):
+    the encoder would cut it off and train the subject on a prompt without it."""
+    tokenizer = components.tokenizer
+    limit = tokenizer.model_max_length
+    for prompt in dict.fromkeys(prompts):
+        ids = tokenizer(prompt, truncation=False).input_ids
+        if len(ids) <= limit:
+            continue
+        kept = tokenizer.decode(ids[:limit], skip_special_tokens=True)
+        if identifier.lower() not in kept.lower().split():
+            raise ValueError(f"the prompt {prompt[:60]!r}... is {len(ids)} tokens and the identifier "
+                             f"{identifier!r} falls past the text encoder's {limit}: put {{id}} earlier or shorten it")
+
+
 class ClassImagesStopped(Exception):
     """The callback stopped the run while class images were being generated."""
 
@@ -240,9 +255,11 @@ def personalize(
     their frozen weights stay in 16 bits.
     """
     check_config(config, components)
+    require_finite_weights(components.modules(), "the base model")
     store = CheckpointStore(checkpoint_dir, config.keep_checkpoints) if checkpoint_dir is not None else None
     with torch.inference_mode(False), torch.enable_grad():
         instance = instance_examples(images, config)
+        check_identifier_fits(components, instance.prompts, config.identifier)
         if store is not None and not resume:
             store.clear()
         modes = [(m, m.training) for m in components.modules()]
@@ -381,7 +398,16 @@ def save_result(result: PersonalizeResult, path: str | Path) -> Path:
 
 
 def check_config(config: PersonalizeConfig, components: SDComponents) -> None:
-    """Raises ValueError naming the first setting that cannot work."""
+    """Raises ValueError naming the first setting that cannot work (with this model)."""
+    check_settings(config)
+    vae_factor = 64 // latent_shape(components, 64, 64)[1]
+    factor = vae_factor * 2 ** (len(components.unet.config.block_out_channels) - 1)
+    if config.resolution % factor:
+        raise ValueError(f"resolution must be a multiple of {factor} for this model, got {config.resolution}")
+
+
+def check_settings(config: PersonalizeConfig) -> None:
+    """The checks that need no model (the CLI runs them before loading one)."""
     if non_finite_problem(config):
         raise ValueError(non_finite_problem(config))
     positive = {"steps": config.steps, "batch_size": config.batch_size, "learning_rate": config.learning_rate,
@@ -389,13 +415,12 @@ def check_config(config: PersonalizeConfig, components: SDComponents) -> None:
     for name, value in positive.items():
         if not value > 0:
             raise ValueError(f"{name} must be positive, got {value}")
+    if config.max_grad_norm is not None and config.max_grad_norm <= 0:
+        raise ValueError(f"max_grad_norm must be > 0 or None (no clipping), got {config.max_grad_norm}: "
+                         "0 zeroes every update")
     for name in ("checkpoint_every", "validation_every", "warmup_steps", "prior_weight", "class_eta", "validation_eta"):
         if getattr(config, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {getattr(config, name)}")
-    vae_factor = 64 // latent_shape(components, 64, 64)[1]
-    factor = vae_factor * 2 ** (len(components.unet.config.block_out_channels) - 1)
-    if config.resolution % factor:
-        raise ValueError(f"resolution must be a multiple of {factor} for this model, got {config.resolution}")
     if config.validation_every and not config.validation_prompts:
         raise ValueError("validation_every is set but validation_prompts is empty; give prompts or set it to 0")
     for template in config.validation_prompts:  # template errors now, not mid-run

@@ -11,6 +11,7 @@ template per line, `#` starting a comment.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -52,10 +53,15 @@ def indefinite_article(noun: str) -> str:
 
 
 def fill(template: str, phrase: str) -> str:
-    """`template` with every `{id}` replaced by `phrase` (other braces are left alone)."""
+    """`template` with every `{id}` replaced by `phrase`; any other {placeholder} is an error
+    (it would reach the model as literal text)."""
     if PLACEHOLDER not in template:
         raise ValueError(f"prompt template {template!r} has no {PLACEHOLDER} placeholder; "
                          "write e.g. '{id} riding a bicycle'")
+    unknown = sorted(set(re.findall(r"\{[^{}]*\}", template)) - {PLACEHOLDER})
+    if unknown:
+        raise ValueError(f"prompt template {template!r} has unknown placeholders {', '.join(unknown)}; "
+                         f"only {PLACEHOLDER} (the subject) is filled in")
     return template.replace(PLACEHOLDER, phrase)
 
 

@@ -78,9 +78,20 @@ class NonFiniteLossError(RuntimeError):
             else "no checkpoint was written (pass a checkpoint folder to keep progress)"
         )
         super().__init__(
-            f"training {what} became {value} at step {step}; stopped, {kept}. "
-            "Lower the learning rate, or train in full precision / bf16 instead of fp16."
+            f"training {what} became {value} at step {step}; stopped, {kept}. The model's weights, the "
+            "settings and the rewards were finite, so training itself diverged: lower the learning rate, or "
+            "train in full precision / bf16 instead of fp16."
         )
+
+
+def require_finite_weights(modules: Iterable[torch.nn.Module], what: str = "the model") -> None:
+    """Raises ValueError naming the first NaN/inf weight of `modules` (a damaged checkpoint or
+    LoRA would otherwise train, or sample, NaN without saying why)."""
+    for module in modules:
+        for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise ValueError(f"{what} holds NaN or inf weights ({name}): the file it came from is damaged or "
+                                 "was saved from a diverged run; load a good copy")
 
 
 def non_finite_settings(config: Any) -> list[str]:

@@ -8,6 +8,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from instructbooth.cli import main
@@ -25,6 +26,7 @@ def files(tmp_path) -> dict[str, Path]:
              "plainfile": tmp_path / "notes.txt", "tmp": tmp_path}
     for key in ("ckpt", "lora", "reward", "plainfile"):
         paths[key].write_bytes(key.encode() * 100)
+    (tmp_path / "p.txt").write_text("{id} riding a bicycle\n{id} in {place}\n")
     (paths["dir"]).mkdir()
     return paths
 
@@ -67,6 +69,16 @@ CASES = {  # name -> (argv with {placeholders}, what stderr must say)
     "generate into a file": (["generate", "--random-model", "tiny", "--prompt", "a dog", "--output-dir", "{plainfile}"],
                              "is a file, not a folder"),
     "score a missing model": (["score", "--model", "{tmp}/missing.pt", "--prompt", "a dog", "{photo}"], "missing.pt"),
+    "generate at a size the VAE cannot make": (["generate", "--random-model", "tiny", "--prompt", "a dog", "--width",
+                                                "100", "--height", "68", "--output-dir", "{tmp}/o"], "96x64"),
+    "rl at a size the VAE cannot make": (RL + ["--output", "{tmp}/o.safetensors", "--width", "100", "--height", "68"],
+                                         "96x64 is the nearest below"),
+    "rl gradient clipping at 0": (RL + ["--output", "{tmp}/o.safetensors", "--max-grad-norm", "0"],
+                                  "0 zeroes every update"),
+    "rl prompts with an unknown placeholder": (RL + ["--output", "{tmp}/o.safetensors", "--prompts", "{tmp}/p.txt"],
+                                               "unknown placeholders {place}"),
+    "personalize gradient clipping at 0": (PERSONALIZE + ["--output", "{tmp}/o.safetensors", "--max-grad-norm", "0"],
+                                           "0 zeroes every update"),
 }
 
 
@@ -165,3 +177,15 @@ def test_dpo_resume_with_another_taxonomy_is_refused(tmp_path, capsys, monkeypat
     capsys.readouterr()
     assert main(args) == 1
     assert "made from other inputs (taxonomy differ)" in capsys.readouterr().err
+
+
+def test_an_identifier_past_the_token_limit_is_refused(tmp_path):
+    from instructbooth.components import tiny_components
+    from instructbooth.personalize import PersonalizeConfig, personalize
+
+    photos = torch.rand(2, 32, 32, 3)
+    long = PersonalizeConfig(resolution=32, steps=1, instance_template="a photo of " + "very " * 80 + "{id} {cls}")
+    with pytest.raises(ValueError, match="identifier 'sks' falls past the text encoder's 77"):
+        personalize(tiny_components(), photos, long)
+    tail = PersonalizeConfig(resolution=32, steps=1, instance_template="a photo of {id} {cls}, " + "very " * 80)
+    assert personalize(tiny_components(), photos, tail).steps_done == 1  # only the tail is cut: fine

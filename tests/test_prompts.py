@@ -29,7 +29,8 @@ def test_templating_with_and_without_identifier():
     described = with_identifier("{id} riding a bicycle", PLUSHIE, describe=True)
     assert described == "sks plushie riding a bicycle, a green round plushie with a red nose"
     assert with_identifier("{id} and {id}", PLUSHIE) == "sks plushie and sks plushie"
-    assert with_identifier("{id} in {braces}", PLUSHIE) == "sks plushie in {braces}"
+    with pytest.raises(ValueError, match="unknown placeholders {braces}, {place}; only {id}"):
+        with_identifier("{id} in {braces} at {place}", PLUSHIE)  # would reach the model as literal text
 
 
 def test_template_without_placeholder_is_refused_clearly():

@@ -16,7 +16,7 @@ from instructbooth.lora import LoraLinear
 from instructbooth.prompts import RLPrompts, Subject
 from instructbooth.rl.config import RLConfig
 from instructbooth.rl.trainer import train_rl
-from instructbooth.training import NonFiniteLossError, StopTraining
+from instructbooth.training import StopTraining
 
 PLUSHIE = Subject("sks", "plushie")
 PROMPTS = RLPrompts(("{id} riding a bicycle", "{id} swimming", "{id} reading"), PLUSHIE,
@@ -260,12 +260,23 @@ def test_timestep_window_trains_only_the_early_steps(monkeypatch):
         RLConfig(timestep_window=0.0)
 
 
+def test_nan_weights_are_named_before_training():
+    components = tiny_components(0)
+    with torch.no_grad():
+        components.unet.conv_in.weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"the base model holds NaN or inf weights \(conv_in.weight\)"):
+        train_rl(components, brightness, PROMPTS, RLConfig(**SMALL))
+    base = {k: torch.full_like(v, float("inf")) for k, v in personalized_lora().items()}
+    with pytest.raises(ValueError, match="the personalized LoRA holds NaN or inf"):
+        train_rl(tiny_components(0), brightness, PROMPTS, RLConfig(**SMALL), base_lora=base)
+
+
 def test_non_finite_reward_stops_without_saving(tmp_path):
     def broken(images, prompts, metadata):
         return torch.full((images.shape[0],), float("nan"))
 
     config = RLConfig(**{**SMALL, "epochs": 1, "heldout_every": 0})
-    with pytest.raises(NonFiniteLossError, match="no checkpoint was written|last good checkpoint"):
+    with pytest.raises(ValueError, match="the reward returned NaN or inf for 4 of 4 images.*nothing was trained"):
         train_rl(tiny_components(0), broken, PROMPTS, config, checkpoint_dir=tmp_path)
     assert not list(tmp_path.glob("checkpoint-*.pt"))
 

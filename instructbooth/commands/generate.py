@@ -71,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
     from ..outputs import check_output_folder
     from ..sampling import PromptEmbeddingCache, sample_images
 
+    if args.height % 8 or args.width % 8:
+        raise ValueError(f"--width and --height must be multiples of 8 (the VAE works in 8-pixel blocks), got "
+                         f"{args.width}x{args.height}; {args.width // 8 * 8}x{args.height // 8 * 8} is the nearest below")
     specs = [parse_lora_spec(spec) for spec in args.lora]
     check_output_folder(args.output_dir, [args.checkpoint, args.prompts, *(path for path, _ in specs)])
     prompts = gather_prompts(args)

@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              ("--seed", "seed", int)):
         train.add_argument(flag, type=kind, default=_default(name), help=f"(default {_default(name)})")
     train.add_argument("--train-text-encoder", action="store_true", help="LoRA on the text encoder too")
+    train.add_argument("--max-grad-norm", type=lambda v: None if v.lower() == "none" else float(v),
+                       default=_default("max_grad_norm"),
+                       help=f"gradient-norm clipping, 'none' for off (default {_default('max_grad_norm')})")
     train.add_argument("--flip", action="store_true",
                        help="random horizontal flips (off by default: they mirror asymmetric subjects)")
     train.add_argument("--allow-upscale", action="store_true", help="accept photos much smaller than the resolution")
@@ -76,6 +79,7 @@ def config_from_args(args: argparse.Namespace):
         identifier=args.identifier, class_noun=args.class_noun, description=args.description,
         instance_template=args.instance_template, class_template=args.class_template, use_captions=not args.no_captions,
         rank=args.rank, alpha=args.alpha, train_text_encoder=args.train_text_encoder, steps=args.steps,
+        max_grad_norm=args.max_grad_norm,
         batch_size=args.batch_size, learning_rate=args.learning_rate, warmup_steps=args.warmup_steps,
         resolution=args.resolution, flip=args.flip, allow_upscale=args.allow_upscale, cache=not args.no_cache,
         prior_preservation=args.prior_preservation, prior_weight=args.prior_weight,
@@ -93,11 +97,12 @@ def run(args: argparse.Namespace) -> int:
     from ..devices import resolve_device
     from ..outputs import check_output_file, check_output_folder, save_or_rescue
     from .run_inputs import check_run_inputs
-    from ..personalize import personalize, save_result
+    from ..personalize import check_settings, personalize, save_result
     from ..subject_data import load_subject_images
     from ..training import NonFiniteLossError
 
     config = config_from_args(args)
+    check_settings(config)  # before any work
     images = args.images  # folders and/or files
     inputs = [args.checkpoint, *images, args.class_images]
     output = check_output_file(args.output, inputs, folders=[args.checkpoint_dir])  # before any work

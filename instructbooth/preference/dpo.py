@@ -34,6 +34,7 @@ from ..prompts import Subject
 from ..sampling import PromptEmbeddingCache
 from ..training import CheckpointStore, Precision, StepCallback, StepReport, capture_rng, config_mismatch
 from ..training import gradient_checkpointing, non_finite_problem, notify, require_finite, restore_rng
+from ..training import require_finite_weights
 from .dpo_loss import denoising_errors, diffusion_dpo_loss, implicit_accuracy
 from ..training import state_fingerprint
 from .pairs import KINDS, PairStore, PreferencePair, derive_seed, lora_merged
@@ -83,6 +84,8 @@ class DPOConfig:
             problems.append(non_finite_problem(self))
         if self.beta <= 0:
             problems.append(f"beta must be > 0, got {self.beta}")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            problems.append(f"max_grad_norm must be > 0 or None (no clipping), got {self.max_grad_norm}")
         if min(self.steps, self.batch_size, self.eval_draws, self.eval_batch_size, self.keep_checkpoints) < 1:
             problems.append("steps, batch_size, eval_draws, eval_batch_size and keep_checkpoints must be >= 1")
         if self.learning_rate <= 0:
@@ -238,6 +241,7 @@ def train_dpo(
     if not isinstance(data, PairData):
         data = PairData.from_store(data)
     check_data(components, data)
+    require_finite_weights(components.modules(), "the base model")
     store = CheckpointStore(checkpoint_dir, config.keep_checkpoints) if checkpoint_dir is not None else None
     if store is not None and not resume:
         store.clear()

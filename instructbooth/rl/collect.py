@@ -43,6 +43,11 @@ def score(ctx: RunContext, fn, images: torch.Tensor, prompts: list[str], metadat
     if values.shape != (images.shape[0],):
         raise ValueError(f"the {name} returned {tuple(values.shape)} numbers for {images.shape[0]} images; "
                          "a reward returns one number per image, shape [B]")
+    bad = (~values.isfinite()).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(f"the {name} returned NaN or inf for {len(bad)} of {len(values)} images (e.g. prompt "
+                         f"{prompts[bad[0]]!r}): check the reward model's weights and dtype (float32 is safest); "
+                         "nothing was trained on them")
     return values
 
 

@@ -116,6 +116,11 @@ class RLConfig:
             yield f"identifier_ratio must be in [0, 1], got {self.identifier_ratio}"
         if self.clip_range <= 0:
             yield f"clip_range must be > 0, got {self.clip_range}"
+        if self.height % 8 or self.width % 8 or min(self.height, self.width) < 8:
+            yield (f"height and width must be multiples of 8 (the VAE works in 8-pixel blocks), got "
+                   f"{self.width}x{self.height}; {self.width // 8 * 8}x{self.height // 8 * 8} is the nearest below")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            yield f"max_grad_norm must be > 0 or None (no clipping), got {self.max_grad_norm}: 0 zeroes every update"
         if self.kl_weight < 0 or (self.kl_weight > 0 and self.method != "ddpo"):
             yield "kl_weight must be >= 0 and only applies to method 'ddpo' (RWR's guard is prior_weight)"
         if self.continue_base_lora and self.kl_weight > 0:

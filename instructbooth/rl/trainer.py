@@ -37,6 +37,7 @@ from ..training import (
     gradient_checkpointing,
     notify,
     require_finite,
+    require_finite_weights,
     restore_rng,
     state_fingerprint,
 )
@@ -103,6 +104,10 @@ def train_rl(
     that with mixed precision their frozen weights stay in 16 bits.
     """
     processes = Processes.current()
+    require_finite_weights(components.modules(), "the base model")
+    if base_lora is not None and any(v.is_floating_point() and not bool(v.isfinite().all()) for v in base_lora.values()):
+        raise ValueError("the personalized LoRA holds NaN or inf weights: it was saved from a diverged run; "
+                         "personalize again with a lower learning rate")
     if config.method == "rwr" and config.prior_weight > 0 and subject_images is None:
         raise ValueError("method 'rwr' with prior_weight > 0 needs subject_images (the personalization photos); "
                          "pass them or set prior_weight=0")
