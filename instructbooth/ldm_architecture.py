@@ -229,6 +229,9 @@ def _check_time_embedding(unet: Mapping[str, torch.Tensor], base: int) -> None:
 
 
 def _check_heads(channels: list[int], depths: list[int], heads: int) -> None:
+    if heads < 1:
+        raise CheckpointError(f"{heads} attention heads: an SD1.5 UNet has 8; pass ArchitectureHints("
+                              "unet_attention_heads=8) or fix the checkpoint's metadata")
     for width, depth in zip(channels, depths):
         if depth and width % heads:
             raise CheckpointError(

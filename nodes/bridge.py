@@ -78,15 +78,22 @@ def input_path_in_folder(folder_name: str, name: str) -> Path:
     return Path(path)
 
 
+MAX_NAME_BYTES = 120  # a name part; the run folder adds the node kind and a 16-character key
+
+
 def safe_relative_name(name: str, folder_name: str) -> Path:
     """`name` as a relative path that stays inside a folder; raises NodeInputError otherwise."""
     text = (name or "").strip().replace("\\", "/")
     relative = Path(text)
-    bad = (not text or relative.is_absolute() or ".." in relative.parts or text.startswith("~")
-           or "\x00" in text or ":" in relative.parts[0])
+    bad = (not text or not relative.parts or relative.is_absolute() or ".." in relative.parts
+           or text.startswith("~") or "\x00" in text or ":" in relative.parts[0])
     if bad or relative.name in ("", "."):
         raise NodeInputError(f"file name {name!r} for the {folder_name} folder must be a relative name "
                              "without '..', e.g. 'instructbooth/sks_plushie'")
+    longest = max(len(part.encode()) for part in relative.parts)
+    if longest > MAX_NAME_BYTES:
+        raise NodeInputError(f"file name {name[:40]!r}... has a part of {longest} bytes; keep each part of the "
+                             f"name under {MAX_NAME_BYTES} (file systems allow 255 with the extension and run key)")
     return relative
 
 

@@ -189,3 +189,20 @@ def test_an_identifier_past_the_token_limit_is_refused(tmp_path):
         personalize(tiny_components(), photos, long)
     tail = PersonalizeConfig(resolution=32, steps=1, instance_template="a photo of {id} {cls}, " + "very " * 80)
     assert personalize(tiny_components(), photos, tail).steps_done == 1  # only the tail is cut: fine
+
+
+def test_broken_model_metadata_is_a_message_not_a_traceback():
+    import dataclasses
+
+    from instructbooth.ldm_architecture import CheckpointError, _check_heads
+    from instructbooth.rewards.image_reward_config import ImageRewardConfig
+
+    with pytest.raises(CheckpointError, match="0 attention heads.*unet_attention_heads=8"):
+        _check_heads([320, 640], [1, 1], 0)  # was a ZeroDivisionError
+    settings = dataclasses.asdict(ImageRewardConfig())
+    settings["vision"]["width"] = "1024"
+    with pytest.raises(ValueError, match="'width' must be int, got '1024'"):
+        ImageRewardConfig.from_dict(settings)  # was a TypeError deep in the model
+    settings["vision"] = [1, 2]
+    with pytest.raises(ValueError, match="must be a JSON object"):
+        ImageRewardConfig.from_dict(settings)

@@ -272,3 +272,23 @@ def test_training_seeds_stay_fixed_in_the_frontend(nodes):
         assert item.extra.get("control_after_generate") is False, name
         assert not has_control_widget(item.id, item.extra)
     assert has_control_widget("seed", {}) and has_control_widget("noise_seed", {"control_after_generate": None})
+
+
+BAD_FILE_NAMES = [".", "./", "a" * 240, "../escape", "/etc/passwd", "", "  ", "sub/../../x", "~/x", "a\x00b", "C:/x"]
+
+
+@pytest.mark.parametrize("bad", BAD_FILE_NAMES)
+def test_every_node_that_takes_a_file_name_refuses_bad_ones_with_a_message(nodes, bad):
+    """validate_inputs answers with a message (never raises) for names that leave the folder, are
+    empty, are "." or are too long for a run folder (a 240-character name used to train and then
+    fail with "File name too long", losing the result)."""
+    calls = {
+        "InstructBoothLoadLoRA": lambda cls: cls.validate_inputs(bad),
+        "InstructBoothPersonalize": lambda cls: cls.validate_inputs(["sks"], [bad]),
+        "InstructBoothRLFineTune": lambda cls: cls.validate_inputs("{id} riding a bicycle", "sks", bad),
+        "InstructBoothPreferencePairs": lambda cls: cls.validate_inputs("sks", bad),
+        "InstructBoothDPO": lambda cls: cls.validate_inputs(bad),
+    }
+    for node, call in calls.items():
+        answer = call(nodes[node])
+        assert isinstance(answer, str) and answer, (node, bad)

@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"interrupted{kept}", file=sys.stderr)
         return 130
     except NonFiniteLossError as error:
-        print(f"instructbooth personalize: error: {error}")
+        print(f"instructbooth personalize: error: {error}", file=sys.stderr)
         return 1
     path, saved = save_or_rescue(lambda target: save_result(result, target), output, log=_error)
     save_validation(result, path.with_name(f"{path.stem}_validation"))

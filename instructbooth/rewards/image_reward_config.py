@@ -113,8 +113,34 @@ def shipped_settings() -> dict[str, Any]:
 
 
 def _known_fields(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
-    names = {field.name for field in dataclasses.fields(cls)}
-    return {k: v for k, v in data.items() if k in names}
+    """The entries of `data` that are fields of `cls`, each checked against its field's type
+    (a config.json with "width": "1024" is an error naming the key, not a TypeError later)."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"an ImageReward config section must be a JSON object, got {type(data).__name__}")
+    fields = {field.name: field for field in dataclasses.fields(cls)}
+    known = {k: v for k, v in data.items() if k in fields}
+    for key, value in known.items():
+        wanted = _kind(fields[key].type)
+        if wanted is not None and not _fits(value, wanted):
+            raise ValueError(f"ImageReward config: {key!r} must be {wanted.__name__}, got {value!r}; "
+                             "fix the config JSON (numbers without quotes)")
+    return known
+
+
+def _kind(annotation: Any) -> type | None:
+    text = str(annotation)
+    for name, kind in (("bool", bool), ("int", int), ("float", float), ("str", str)):
+        if text == name or text == f"<class '{name}'>":
+            return kind
+    return None
+
+
+def _fits(value: Any, kind: type) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
 
 
 def _from_reference_dict(data: Mapping[str, Any]) -> ImageRewardConfig:
