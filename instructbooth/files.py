@@ -96,5 +96,13 @@ def write_safetensors(
 
 
 def write_torch(target: str | os.PathLike, obj: Any) -> Path:
-    """`torch.save` through a temporary file (training checkpoints: optimizer, RNG states)."""
-    return atomic_write(target, lambda p: torch.save(obj, p))
+    """`torch.save` through a temporary file (training checkpoints: optimizer, RNG states).
+    torch reports a full disk as RuntimeError("... unexpected pos ..."); it becomes an OSError
+    that names the file (the previous checkpoint stays as it was)."""
+    def save(path: Path) -> None:
+        try:
+            torch.save(obj, path)
+        except RuntimeError as error:
+            raise OSError(f"could not write {target} ({error}); is the disk full?") from error
+
+    return atomic_write(target, save)

@@ -59,3 +59,21 @@ def test_a_killed_writer_leaves_no_temporary_behind_after_the_next_write(tmp_pat
     time.sleep(0.01)
     write_text(target, "new")
     assert target.read_text() == "new" and list(tmp_path.glob("*.tmp")) == [] and list(tmp_path.glob(".*.tmp")) == []
+
+
+def test_a_full_disk_during_a_checkpoint_is_an_os_error_naming_the_file(tmp_path, monkeypatch):
+    import torch
+
+    from instructbooth.files import write_torch
+
+    previous = write_torch(tmp_path / "checkpoint-0000001.pt", {"step": 1})
+
+    def full_disk(obj, path):
+        open(path, "wb").write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 128 vs 0")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match="could not write .*checkpoint-0000001.pt.*is the disk full"):
+        write_torch(previous, {"step": 2})
+    monkeypatch.undo()
+    assert torch.load(previous, weights_only=True) == {"step": 1} and list(tmp_path.glob(".*.tmp")) == []
