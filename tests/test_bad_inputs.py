@@ -206,3 +206,23 @@ def test_broken_model_metadata_is_a_message_not_a_traceback():
     settings["vision"] = [1, 2]
     with pytest.raises(ValueError, match="must be a JSON object"):
         ImageRewardConfig.from_dict(settings)
+
+
+class _Payload:
+    """Unpickling this runs code (it would create a marker file): what a crafted checkpoint does."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_demo_weights_never_execute_pickled_code(tmp_path, capsys):
+    marker = tmp_path / "payload_ran"
+    crafted = tmp_path / "last.pt"
+    torch.save({"ema": _Payload(marker), "modules": []}, crafted)
+    code = main(["demo", "--quick", "--weights", str(crafted), "--out", str(tmp_path / "demo"), "--threads", "1"])
+    err = capsys.readouterr().err
+    assert code == 1 and "not loaded (nothing in it ran)" in err and "Traceback" not in err
+    assert not marker.exists()

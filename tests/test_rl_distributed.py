@@ -71,7 +71,7 @@ def _free_port() -> int:
 
 def test_two_processes_gather_what_one_process_would(tmp_path):
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     one, one_seeds = _run(per_process=4)
 
     # the work was split: disjoint samples whose union is the single process's

@@ -48,7 +48,9 @@ from ..sampling import PromptEmbeddingCache, sample_images
 from ..training import StepReport
 from .checker import AlignmentReward, CheckerConfig, check, read_image
 from .model import DemoModelConfig, build_demo_components, load_demo_components
+from .pretrain import load_plain_checkpoint
 from .prompts import CLASS_NOUN, DESCRIPTION, IDENTIFIER, PromptSpec, format_prompt, parse_prompt, subject_phrase
+from .resume import PERSONALIZE_DIR, RL_DIR, prepare_run_folder
 from .subject import reference_images
 from .world import BACKGROUNDS, IMAGE_SIZE, background_phrase, parse_caption, scenes
 
@@ -85,7 +87,7 @@ DEMO_PERSONALIZE = PersonalizeConfig(
     rank=16,
     alpha=16.0,
     unet_targets=ALL_UNET_LAYERS,
-    steps=300,
+    steps=600,  # the subject alone is drawn in 23 of 24 images (300 steps: 13 of 24; seed 0, toy-pretrained model)
     batch_size=6,
     learning_rate=1e-3,
     resolution=IMAGE_SIZE,
@@ -220,7 +222,7 @@ def stochastic_last_step(components: SDComponents) -> SDComponents:
 def _from_pretraining_checkpoint(path: Path, model: DemoModelConfig = DemoModelConfig()) -> SDComponents:
     """The EMA weights of a pretraining checkpoint (made with the `model` architecture and
     schedule: a checkpoint does not record them)."""
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    saved = load_plain_checkpoint(path)
     if "ema" not in saved or "modules" not in saved:
         raise ValueError(f"{path} is not a demo pretraining checkpoint (no 'ema' / 'modules' entries)")
     components = build_demo_components(model)
@@ -494,7 +496,8 @@ def write_class_images(components: SDComponents, folder: Path, config: DemoConfi
         (folder / f"class_{i}.txt").write_text(prompt + "\n", encoding="utf-8")
 
 
-def personalize_subject(components: SDComponents, reference_dir: Path, config: DemoConfig, log: Log) -> PersonalizeResult:
+def personalize_subject(components: SDComponents, reference_dir: Path, config: DemoConfig, log: Log,
+                        checkpoint_dir: Path | None = None) -> PersonalizeResult:
     """DreamBooth LoRA on the reference photos (captions beside them), progress every ~10%;
     with `config.class_images`, prior preservation on class images in reference_dir/../class."""
     settings = config.personalize_settings()
@@ -510,7 +513,8 @@ def personalize_subject(components: SDComponents, reference_dir: Path, config: D
     if config.class_images:
         class_dir = reference_dir.parent / "class"
         write_class_images(components, class_dir, config)
-    return personalize(components, reference_dir, settings, callback=progress, class_images=class_dir)
+    return personalize(components, reference_dir, settings, callback=progress, class_images=class_dir,
+                       checkpoint_dir=checkpoint_dir, resume=True)  # a finished checkpoint there is reused
 
 
 def rl_prompts(detailed: bool, layout: str = "after") -> RLPrompts:
@@ -528,8 +532,9 @@ def rl_prompts(detailed: bool, layout: str = "after") -> RLPrompts:
 
 
 def instruct(components: SDComponents, lora: Mapping[str, torch.Tensor], reference: torch.Tensor,
-             config: DemoConfig, rl_dir: Path, log: Log) -> RLResult:
-    """InstructBooth's RL stage on top of the personalized LoRA; logs each epoch's rewards."""
+             config: DemoConfig, rl_dir: Path, log: Log, resume: bool = False) -> RLResult:
+    """InstructBooth's RL stage on top of the personalized LoRA; logs each epoch's rewards.
+    `resume` continues from the checkpoints in rl_dir (only for the same demo run: resume.py)."""
     from .checker import subject_fidelity
 
     settings = config.rl_settings()
@@ -543,7 +548,7 @@ def instruct(components: SDComponents, lora: Mapping[str, torch.Tensor], referen
 
     reward = DemoReward(subject_weight=config.subject_weight)
     result = train_rl(components, reward, rl_prompts(config.detailed, config.layout), settings, callback=progress,
-                      checkpoint_dir=rl_dir, resume=False, base_lora=lora, subject_images=reference,
+                      checkpoint_dir=rl_dir, resume=resume, base_lora=lora, subject_images=reference,
                       subject_measure=fidelity)
     log_rl_epochs(rl_dir / "metrics.json", shown[0], settings.epochs, log)
     return result
@@ -592,14 +597,18 @@ def run_demo(config: DemoConfig = DemoConfig(), out_dir: str | Path = "instructb
     """Runs the demo into `out_dir` and writes its report; `callback` gets progress lines.
 
     out_dir ends up with reference/ (the photos), dreambooth.safetensors and
-    instructbooth.safetensors (LoRA files for ComfyUI's LoraLoader), rl/ (RL checkpoints,
-    metrics.json, reward_curve.png), grid_*.png, demo_metrics.json, report.md, report.html.
+    instructbooth.safetensors (LoRA files for ComfyUI's LoraLoader), personalize/ and rl/
+    (checkpoints; rl/ also metrics.json, reward_curve.png), grid_*.png, demo_metrics.json,
+    report.md, report.html and demo_run.json. Run again into the same folder with the same
+    settings, it resumes (an interrupted run continues; a finished one only re-evaluates).
     """
     from .report import write_report
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    resuming = prepare_run_folder(out, json.loads(json.dumps(asdict(config), default=str)), config.weights)
     clock = _Clock(callback)
+    if resuming:
+        clock.log(f"resuming the run in {out} (same settings and model); finished stages are reused")
     with clock.stage("load"):
         components = load_model(config.weights, config.seed)
         reference = write_reference(out / "reference", config.reference_images, config.seed, config.detailed,
@@ -610,13 +619,13 @@ def run_demo(config: DemoConfig = DemoConfig(), out_dir: str | Path = "instructb
         evaluations["base"] = evaluate_model(components, None, config)
     clock.log("base model: " + _summary_line(evaluations["base"]))
     with clock.stage("personalize"):
-        dreambooth = personalize_subject(components, out / "reference", config, clock.log)
+        dreambooth = personalize_subject(components, out / "reference", config, clock.log, out / PERSONALIZE_DIR)
     save_lora(out / "dreambooth.safetensors", dreambooth.lora_state, dreambooth.metadata)
     with clock.stage("evaluate dreambooth"), lora_applied(components, dreambooth.lora_state):
         evaluations["dreambooth"] = evaluate_model(components, "identifier", config)
     clock.log("DreamBooth: " + _summary_line(evaluations["dreambooth"]))
     with clock.stage("rl"):
-        rl = instruct(components, dreambooth.lora_state, reference, config, out / "rl", clock.log)
+        rl = instruct(components, dreambooth.lora_state, reference, config, out / RL_DIR, clock.log, resume=resuming)
     save_lora(out / "instructbooth.safetensors", rl.lora_state, rl.metadata)
     with clock.stage("evaluate instructbooth"), lora_applied(components, rl.lora_state):
         evaluations["instructbooth"] = evaluate_model(components, "identifier", config)

@@ -11,6 +11,7 @@ every `checkpoint_every` steps; calling `pretrain` again on the same folder cont
 from __future__ import annotations
 
 import math
+import pickle
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -207,8 +208,18 @@ def _save(path, config, modules, optimizer, ema, rng, generator, step, seconds) 
     })
 
 
+def load_plain_checkpoint(path) -> dict:
+    """A pretraining checkpoint read with `weights_only=True` (tensors, numbers, strings and
+    containers only): a file that holds other Python objects is refused, and no code in it runs."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(f"{path} holds Python objects besides tensors and numbers, so it is not a demo "
+                         f"pretraining checkpoint; it was not loaded (nothing in it ran): {str(error)[:200]}") from None
+
+
 def _restore(path, config, modules, optimizer, ema, rng, generator) -> dict:
-    saved = torch.load(path, weights_only=False)
+    saved = load_plain_checkpoint(path)
     changed = {k for k, v in asdict(config).items() if k not in ("steps", "checkpoint_every", "log_every")
                and saved["config"].get(k) != v}
     if changed:
