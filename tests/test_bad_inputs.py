@@ -27,6 +27,10 @@ def files(tmp_path) -> dict[str, Path]:
     for key in ("ckpt", "lora", "reward", "plainfile"):
         paths[key].write_bytes(key.encode() * 100)
     (tmp_path / "p.txt").write_text("{id} riding a bicycle\n{id} in {place}\n")
+    from safetensors.torch import save_file
+
+    save_file({"lora_unet_mid_block_attentions_0_proj_in.lora_down.weight": torch.full((2, 32), float("nan")),
+               "lora_unet_mid_block_attentions_0_proj_in.lora_up.weight": torch.zeros(32, 2)}, tmp_path / "nan.safetensors")
     (paths["dir"]).mkdir()
     return paths
 
@@ -77,6 +81,11 @@ CASES = {  # name -> (argv with {placeholders}, what stderr must say)
                                   "0 zeroes every update"),
     "rl prompts with an unknown placeholder": (RL + ["--output", "{tmp}/o.safetensors", "--prompts", "{tmp}/p.txt"],
                                                "unknown placeholders {place}"),
+    "generate with guidance nan": (["generate", "--random-model", "tiny", "--prompt", "a dog", "--guidance", "nan",
+                                    "--output-dir", "{tmp}/o"], "--guidance must be a finite number"),
+    "generate from a LoRA with NaN weights": (["generate", "--random-model", "tiny", "--prompt", "a dog", "--lora",
+                                              "{tmp}/nan.safetensors", "--output-dir", "{tmp}/o"],
+                                             "holds NaN or inf weights"),
     "personalize gradient clipping at 0": (PERSONALIZE + ["--output", "{tmp}/o.safetensors", "--max-grad-norm", "0"],
                                            "0 zeroes every update"),
 }

@@ -12,6 +12,7 @@ uses seed `--seed + i`, so the same command makes the same images. Writes
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 HELP = "Sample images from an SD1.5 checkpoint with optional LoRA files."
@@ -70,7 +71,13 @@ def run(args: argparse.Namespace) -> int:
     from ..lora import apply_lora, load_lora
     from ..outputs import check_output_folder
     from ..sampling import PromptEmbeddingCache, sample_images
+    from ..training import require_finite_weights
 
+    for name in ("guidance", "eta"):
+        if not math.isfinite(getattr(args, name)):
+            raise ValueError(f"--{name} must be a finite number, got {getattr(args, name)}")
+    if min(args.steps, args.num_images, args.batch_size) < 1:
+        raise ValueError("--steps, --num-images and --batch-size must be >= 1")
     if args.height % 8 or args.width % 8:
         raise ValueError(f"--width and --height must be multiples of 8 (the VAE works in 8-pixel blocks), got "
                          f"{args.width}x{args.height}; {args.width // 8 * 8}x{args.height // 8 * 8} is the nearest below")
@@ -82,7 +89,10 @@ def run(args: argparse.Namespace) -> int:
     prompts = fill_trigger(prompts, trigger)
     device = resolve_device(args.device)
     components = _load_components(args, device)
+    require_finite_weights(components.modules(), "the checkpoint")  # NaN weights make black images
     for path, scale, state, _ in loras:
+        if not all(bool(v.isfinite().all()) for v in state.values() if v.is_floating_point()):
+            raise ValueError(f"{path} holds NaN or inf weights: it was saved from a diverged run")
         patched = apply_lora(components, state, unet_scale=scale, text_scale=scale)
         print(f"applied {path} at scale {scale} ({patched} modules)")
 
