@@ -19,6 +19,7 @@ COMMANDS = {
     "score": "Score images against a prompt with ImageReward (best-of-N ranking).",
     "generate": "Sample images from an SD1.5 checkpoint with optional LoRA files.",
     "demo": "Run the whole method on a small built-in world on CPU and write a report.",
+    "convert": "Convert ImageReward.pt to safetensors (loads without pickle; the loader node lists it).",
 }
 
 

@@ -26,9 +26,10 @@ class ImageRewardLoader(io.ComfyNode):
             "Works with the official ImageReward.pt or a safetensors copy; no extra packages needed.",
             inputs=[
                 io.Combo.Input("reward_file", options=bridge.model_file_options(bridge.IMAGE_REWARD_FOLDER),
-                               tooltip="Weights in models/ImageReward, e.g. ImageReward.pt (1.79 GB) from "
-                               "huggingface.co/THUDM/ImageReward. A '<name>.json' or 'config.json' beside the file "
-                               "gives the sizes of non-standard models."),
+                               tooltip="Weights in models/ImageReward: ImageReward.pt (1.79 GB) downloaded by hand from "
+                               "huggingface.co/THUDM/ImageReward (ComfyUI's model dialog fetches only .safetensors), "
+                               "or its safetensors copy from 'instructbooth convert ImageReward.pt'. A '<name>.json' "
+                               "or 'config.json' beside the file gives the sizes of non-standard models."),
                 io.Combo.Input("dtype", options=DTYPES, default="auto",
                                tooltip="Weights and compute precision; auto = float16 on a GPU, float32 on the CPU. "
                                "float32 is the reference. float16 halves memory and kept every ranking in a full-size "

@@ -39,9 +39,11 @@ DOCS = REPO / "docs"
 CHECKPOINT = "v1-5-pruned-emaonly-fp16.safetensors"
 CHECKPOINT_URL = ("https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/"
                   "v1-5-pruned-emaonly-fp16.safetensors?download=true")
-IMAGE_REWARD_URL = "https://huggingface.co/THUDM/ImageReward/resolve/main/ImageReward.pt?download=true"
-CONTROLNET = "control_v11p_sd15_canny.pth"
-CONTROLNET_URL = "https://huggingface.co/lllyasviel/ControlNet-v1-1/resolve/main/control_v11p_sd15_canny.pth?download=true"
+# ComfyUI's Missing Models dialog downloads only .safetensors / .sft files: ImageReward exists only as
+# ImageReward.pt, so it has no download entry (the notes and the loader's tooltip say how to get and convert it).
+CONTROLNET = "control_v11p_sd15_canny_fp16.safetensors"
+CONTROLNET_URL = ("https://huggingface.co/comfyanonymous/ControlNet-v1-1_fp16_safetensors/resolve/main/"
+                  "control_v11p_sd15_canny_fp16.safetensors?download=true")
 SUBJECT_FOLDER = "instructbooth_subject"
 NEGATIVE = "blurry, low quality, deformed, watermark, text"
 GPU_SETTINGS = {"mixed_precision": "fp16", "gradient_checkpointing": True}  # fits 8 GB GPUs
@@ -222,8 +224,7 @@ def full_workflow(s) -> Graph:
     photos, personal = personalize_nodes(g, ckpt)
     rl = g.add("InstructBoothRLFineTune", (820, 120), GPU_SETTINGS,
                {"model": (ckpt, 0), "clip": (ckpt, 1), "vae": (ckpt, 2), "lora": (personal, 2)})
-    reward = g.add("InstructBoothImageRewardLoader", (820, 1200), {"reward_file": "ImageReward.pt"},
-                   models=[{"name": "ImageReward.pt", "url": IMAGE_REWARD_URL, "directory": "ImageReward"}])
+    reward = g.add("InstructBoothImageRewardLoader", (820, 1200), {"reward_file": "ImageReward.pt"})
     g.connect(reward, 0, rl, "image_reward")
     g.add("LossGraphNode", (1260, 120), {"filename_prefix": "instructbooth/rl_reward"}, {"loss": (rl, 3)},
           title="Plot reward per epoch")
@@ -263,8 +264,7 @@ def score_workflow(s) -> Graph:
                     {"model": (ckpt, 0), "positive": (positive, 0), "negative": (negative, 0),
                      "latent_image": (latent, 0)})
     decode = g.add("VAEDecode", (1060, 160), links={"samples": (sampler, 0), "vae": (ckpt, 2)})
-    reward = g.add("InstructBoothImageRewardLoader", (720, 640), {"reward_file": "ImageReward.pt"},
-                   models=[{"name": "ImageReward.pt", "url": IMAGE_REWARD_URL, "directory": "ImageReward"}])
+    reward = g.add("InstructBoothImageRewardLoader", (720, 640), {"reward_file": "ImageReward.pt"})
     g.add("InstructBoothImageRewardScore", (1100, 640), links={"image_reward": (reward, 0), "images": (decode, 0),
                                                               "prompt": (prompt, 0)}, height=300)
     best = g.add("InstructBoothBestOfN", (1100, 300), {"k": 2}, {"image_reward": (reward, 0), "images": (decode, 0),
@@ -324,7 +324,7 @@ A re-run with the same inputs reuses the result; a cancelled run resumes from it
 
 FULL_NOTE = f"""## InstructBooth: personalize, then make the model follow instructions again
 
-1. Photos of the subject in `ComfyUI/input/{SUBJECT_FOLDER}/`; `ImageReward.pt` in `ComfyUI/models/ImageReward/`.
+1. Photos of the subject in `ComfyUI/input/{SUBJECT_FOLDER}/`; `ImageReward.pt` (huggingface.co/THUDM/ImageReward) in `ComfyUI/models/ImageReward/`.
 2. **Personalize** binds the subject to `sks plushie` (a LoRA). Alone it tends to ignore instructions.
 3. **RL Fine-Tune** samples the model on action/interaction prompts (with and without the identifier),
    scores them with ImageReward and trains a second LoRA to raise the reward (DDPO). The result is
@@ -337,7 +337,7 @@ SCORE_NOTE = """## ImageReward scoring and best-of-N
 
 Generates N = 8 candidates for one prompt, scores each with ImageReward (the table appears on the
 Score node) and keeps the best k = 2 (rejection sampling, the baseline of Lee et al. 2023).
-Put `ImageReward.pt` in `ComfyUI/models/ImageReward/`. Works with any SD1.5 model or LoRA."""
+Put `ImageReward.pt` (huggingface.co/THUDM/ImageReward; `instructbooth convert` makes a safetensors copy) in `ComfyUI/models/ImageReward/`. Works with any SD1.5 model or LoRA."""
 
 CONTROLNET_NOTE = f"""## The tuned LoRA with ControlNet
 

@@ -528,3 +528,17 @@ def test_cli_refuses_to_print_nan_scores(tmp_path, weights_path, fixture_dir, im
                      str(image_files[0]))
     assert code == 1 and "nan" not in out.lower()
     assert "non-finite scores" in capsys.readouterr().err
+
+
+def test_convert_command_writes_a_safetensors_copy_that_scores_the_same(tmp_path, weights_path, fixture_dir,
+                                                                        image_files, scorer, capsys):
+    from instructbooth.cli import main
+
+    official = tmp_path / "ImageReward.pt"
+    torch.save(load_file(weights_path), official)  # the official format: a plain state dict
+    assert main(["convert", str(official), "--config", str(fixture_dir / "config.json")]) == 0
+    copy = tmp_path / "ImageReward.safetensors"
+    assert copy.is_file() and "wrote" in capsys.readouterr().out
+    converted = ImageReward.load(copy)  # sizes come from the copy's metadata
+    assert torch.allclose(converted.score([image_files[0]], "a cat"), scorer.score([image_files[0]], "a cat"), atol=1e-6)
+    assert main(["convert", str(official), "--output", str(official)]) == 1  # never over its input

@@ -112,3 +112,17 @@ def test_the_core_snapshot_covers_every_core_node_the_workflows_use(schemas):
     used = {node["type"] for path in ui_workflow_paths() for node in load_json(path)["nodes"]}
     core = used - VIRTUAL_TYPES - {k for k in schemas if k.startswith("InstructBooth")}
     assert core <= set(snapshot)
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_every_model_entry_is_one_the_frontends_dialog_can_download(name):
+    """ComfyUI's Missing Models dialog refuses anything but .safetensors / .sft ("Only allowed
+    suffixes are ..."); each entry must name the file its node's widget asks for."""
+    entries = 0
+    for node in load_json(WORKFLOWS / f"{name}.json")["nodes"]:
+        for model in node.get("properties", {}).get("models", []):
+            entries += 1
+            assert model["name"].endswith((".safetensors", ".sft")), (name, model["name"])
+            assert model["url"].startswith("https://huggingface.co/") and model["name"] in model["url"]
+            assert model["name"] in node["widgets_values"], (name, node["type"])
+    assert entries >= 1  # at least the SD1.5 checkpoint
