@@ -48,6 +48,7 @@ SUBJECT_FOLDER = "instructbooth_subject"
 NEGATIVE = "blurry, low quality, deformed, watermark, text"
 GPU_SETTINGS = {"mixed_precision": "fp16", "gradient_checkpointing": True}  # fits 8 GB GPUs
 OUR_WIDTH, CORE_WIDTH = 360, 320
+IMAGE_HEIGHT = 300  # nodes that show a picture after a run (previews, plots) keep room for it
 
 
 def schemas() -> dict[str, dict]:
@@ -202,14 +203,15 @@ def personalize_workflow(s) -> Graph:
     g = Graph("personalize", s)
     ckpt = checkpoint(g, (0, 120))
     photos, personal = personalize_nodes(g, ckpt)
-    g.add("LossGraphNode", (800, 120), {"filename_prefix": "instructbooth/personalize_loss"}, {"loss": (personal, 3)})
-    prompt = g.add("PrimitiveStringMultiline", (800, 330), {"value": "on a wooden table in a sunny garden"},
+    g.add("LossGraphNode", (800, 120), {"filename_prefix": "instructbooth/personalize_loss"}, {"loss": (personal, 3)},
+          height=IMAGE_HEIGHT)
+    prompt = g.add("PrimitiveStringMultiline", (800, 460), {"value": "on a wooden table in a sunny garden"},
                    title="Scene")
-    text = g.add("StringConcatenate", (800, 540), {"string_a": "", "string_b": "", "delimiter": " "},
+    text = g.add("StringConcatenate", (800, 660), {"string_a": "", "string_b": "", "delimiter": " "},
                  {"string_a": (personal, 4), "string_b": (prompt, 0)}, title="'<trigger phrase> <scene>'")
-    negative = g.add("CLIPTextEncode", (800, 760), {"text": NEGATIVE}, {"clip": (personal, 1)}, title="Negative",
+    negative = g.add("CLIPTextEncode", (800, 1030), {"text": NEGATIVE}, {"clip": (personal, 1)}, title="Negative",
                      height=120)
-    latent = g.add("EmptyLatentImage", (800, 940), {"width": 512, "height": 512, "batch_size": 4})
+    latent = g.add("EmptyLatentImage", (800, 1190), {"width": 512, "height": 512, "batch_size": 4})
     _, _, decode = sample_chain(g, (personal, 0), (personal, 1), (ckpt, 2), (text, 0), negative, latent, 1180, 330)
     g.add("SaveImage", (2200, 330), {"filename_prefix": "instructbooth/personalized"}, {"images": (decode, 0)},
           height=420)
@@ -227,22 +229,22 @@ def full_workflow(s) -> Graph:
     reward = g.add("InstructBoothImageRewardLoader", (820, 1200), {"reward_file": "ImageReward.pt"})
     g.connect(reward, 0, rl, "image_reward")
     g.add("LossGraphNode", (1260, 120), {"filename_prefix": "instructbooth/rl_reward"}, {"loss": (rl, 3)},
-          title="Plot reward per epoch")
-    g.add("PreviewImage", (1260, 330), links={"images": (rl, 4)}, title="Reward curve", height=300)
-    negative = g.add("CLIPTextEncode", (1260, 700), {"text": NEGATIVE}, {"clip": (rl, 1)}, title="Negative", height=120)
-    latent = g.add("EmptyLatentImage", (1260, 880), {"width": 512, "height": 512, "batch_size": 1})
+          title="Plot reward per epoch", height=IMAGE_HEIGHT)
+    g.add("PreviewImage", (1260, 460), links={"images": (rl, 4)}, title="Reward curve", height=IMAGE_HEIGHT)
+    negative = g.add("CLIPTextEncode", (1260, 800), {"text": NEGATIVE}, {"clip": (rl, 1)}, title="Negative", height=120)
+    latent = g.add("EmptyLatentImage", (1260, 960), {"width": 512, "height": 512, "batch_size": 1})
     decoded = []
     for row, prompt in enumerate(UNSEEN_PROMPTS):
-        *_, decode = sample_chain(g, (rl, 0), (rl, 1), (ckpt, 2), prompt, negative, latent, 1640, 120 + row * 300,
+        *_, decode = sample_chain(g, (rl, 0), (rl, 1), (ckpt, 2), prompt, negative, latent, 1640, 120 + row * 350,
                                   title=f"Unseen prompt {row + 1}")
         decoded.append(decode)
-    top = g.add("ImageStitch", (2680, 120), {"direction": "right", "spacing_width": 8},
+    top = g.add("ImageStitch", (2760, 120), {"direction": "right", "spacing_width": 8},
                 {"image1": (decoded[0], 0), "image2": (decoded[1], 0)})
-    bottom = g.add("ImageStitch", (2680, 420), {"direction": "right", "spacing_width": 8},
+    bottom = g.add("ImageStitch", (2760, 420), {"direction": "right", "spacing_width": 8},
                    {"image1": (decoded[2], 0), "image2": (decoded[3], 0)})
-    grid = g.add("ImageStitch", (2680, 720), {"direction": "down", "spacing_width": 8},
+    grid = g.add("ImageStitch", (2760, 720), {"direction": "down", "spacing_width": 8},
                  {"image1": (top, 0), "image2": (bottom, 0)}, title="2 x 2 grid")
-    g.add("SaveImage", (3040, 120), {"filename_prefix": "instructbooth/unseen_prompts_grid"}, {"images": (grid, 0)},
+    g.add("SaveImage", (3120, 120), {"filename_prefix": "instructbooth/unseen_prompts_grid"}, {"images": (grid, 0)},
           height=560)
     g.note(FULL_NOTE, (0, -360), (780, 360), "How to use")
     g.group("1. Teach the subject", [ckpt, photos, personal])
@@ -300,7 +302,7 @@ def controlnet_workflow(s) -> Graph:
     decode = g.add("VAEDecode", (1820, 160), links={"samples": (sampler, 0), "vae": (ckpt, 2)})
     g.add("SaveImage", (2160, 160), {"filename_prefix": "instructbooth/controlnet"}, {"images": (decode, 0)},
           height=420)
-    g.add("PreviewImage", (760, 640), links={"images": (edges, 0)}, title="Edges", height=300)
+    g.add("PreviewImage", (760, 780), links={"images": (edges, 0)}, title="Edges", height=IMAGE_HEIGHT)
     g.note(CONTROLNET_NOTE, (0, -200), (700, 280), "How to use")
     return g
 

@@ -126,3 +126,23 @@ def test_every_model_entry_is_one_the_frontends_dialog_can_download(name):
             assert model["url"].startswith("https://huggingface.co/") and model["name"] in model["url"]
             assert model["name"] in node["widgets_values"], (name, node["type"])
     assert entries >= 1  # at least the SD1.5 checkpoint
+
+
+TITLE_BAR = 30  # the frontend draws a node's title above its position
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_no_two_nodes_overlap_and_picture_nodes_have_room(name):
+    """Nodes are boxes [x, y - title, x + w, y + h]; none may cover another (the string-join node
+    used to hide the Negative prompt and the Edges preview). Nodes that show a picture after a
+    run (previews, plots, saves) keep at least 300 px for it, so it does not draw over neighbours."""
+    nodes = load_json(WORKFLOWS / f"{name}.json")["nodes"]
+    boxes = [(n.get("title") or n["type"], n["pos"][0], n["pos"][1] - TITLE_BAR, n["pos"][0] + n["size"][0],
+              n["pos"][1] + n["size"][1]) for n in nodes]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            apart = a[3] <= b[1] or b[3] <= a[1] or a[4] <= b[2] or b[4] <= a[2]
+            assert apart, f"{name}: {a[0]} overlaps {b[0]}"
+    for node in nodes:
+        if node["type"] in ("PreviewImage", "SaveImage", "LossGraphNode"):
+            assert node["size"][1] >= 300, (name, node.get("title") or node["type"])
