@@ -14,6 +14,7 @@ Run: COMFYUI_PATH=/work/comfyui pytest tests/test_comfyui_server.py
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -401,3 +402,76 @@ def submit(server, prompt: dict) -> dict:
         return server.post("/prompt", {"prompt": prompt, "client_id": server.client_id})
     except urllib.error.HTTPError as error:
         return json.loads(error.read())
+
+
+# --- a real browser on the real frontend -------------------------------------------------------------
+
+
+BROWSER = Path(os.environ.get("INSTRUCTBOOTH_BROWSER", "/usr/bin/chromium"))
+SHIPPED = ["controlnet", "instructbooth_full", "personalize", "score_and_rerank"]
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    """The ComfyUI frontend in headless Chromium (Debian's `chromium`, driven by Playwright)."""
+    playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright for the browser tests")
+    if not BROWSER.is_file():
+        pytest.skip(f"no browser at {BROWSER} (apt install chromium, or set INSTRUCTBOOTH_BROWSER)")
+    with playwright_api.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=str(BROWSER), args=["--no-sandbox"])
+        tab = browser.new_page(viewport={"width": 1600, "height": 1000})
+        tab.goto(server.url)
+        tab.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=180_000)
+        yield tab
+        browser.close()
+
+
+LOADED_NODES = """() => window.app.graph._nodes.map(n => ({
+    id: n.id, type: n.type, title: n.title, registered: !!LiteGraph.registered_node_types[n.type],
+    widgets: Object.fromEntries((n.widgets || []).map(w => [w.name, w.value])),
+    box: [n.pos[0], n.pos[1] - LiteGraph.NODE_TITLE_HEIGHT, n.pos[0] + n.size[0], n.pos[1] + n.size[1]]}))"""
+
+
+def _queued_prompt(tab) -> dict:
+    """What the Run button sends: the frontend's own POST /prompt, caught before the server runs it."""
+    caught = {}
+
+    def catch(route, request):
+        caught["body"] = json.loads(request.post_data)
+        route.fulfill(status=200, content_type="application/json",
+                      body=json.dumps({"prompt_id": "caught", "number": 0, "node_errors": {}}))
+
+    tab.route("**/prompt", catch)
+    try:
+        tab.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
+        tab.wait_for_timeout(500)
+    finally:
+        tab.unroute("**/prompt")
+    return caught["body"]["prompt"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_the_frontend_loads_each_workflow_as_shipped_and_queues_its_values(page, name):
+    """Every node type known, every widget value as in the file (no seed control widget shifting
+    them), no node covering another at the sizes the frontend gives them, and the prompt the UI
+    queues carries the API copy's values (seed unchanged, preview_every as shipped)."""
+    page.evaluate("async (graph) => { await window.app.loadGraphData(graph); }", load_json(WORKFLOWS / f"{name}.json"))
+    page.wait_for_timeout(300)
+    nodes = page.evaluate(LOADED_NODES)
+    api = load_json(api_path(WORKFLOWS / f"{name}.json"))
+    assert all(n["registered"] for n in nodes), [n["type"] for n in nodes if not n["registered"]]
+    for node in nodes:
+        expected = api.get(str(node["id"]), {}).get("inputs", {})
+        for widget, value in node["widgets"].items():
+            if widget in expected and not isinstance(expected[widget], list):
+                assert value == expected[widget], f"{name}: {node['type']}.{widget} = {value!r}"
+        if node["type"].startswith("InstructBooth"):
+            assert "control_after_generate" not in node["widgets"], node["type"]
+    for i, a in enumerate(nodes):
+        for b in nodes[i + 1:]:
+            (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = a["box"], b["box"]
+            assert ax1 <= bx0 or bx1 <= ax0 or ay1 <= by0 or by1 <= ay0, f"{name}: {a['title']} overlaps {b['title']}"
+    queued = _queued_prompt(page)
+    for node_id, entry in api.items():
+        sent = {k: v for k, v in queued[node_id]["inputs"].items() if not isinstance(v, list)}
+        assert sent == {k: v for k, v in entry["inputs"].items() if not isinstance(v, list)}, (name, entry["class_type"])
