@@ -26,11 +26,12 @@ from workflow_graphs import (  # noqa: E402
     CORE_SNAPSHOT,
     UPLOAD_FLAGS,
     WIDGET_TYPES,
-    WORKFLOWS,
+    api_path,
     has_control_widget,
     input_names,
     input_spec,
     ui_to_api,
+    workflow_path,
     widget_slots,
 )
 
@@ -463,14 +464,14 @@ def write_all() -> None:
     DOCS.mkdir(exist_ok=True)
     for name, build in WORKFLOWS_BUILT.items():
         workflow = build(found).ui()
-        (WORKFLOWS / f"{name}.json").write_text(json.dumps(workflow, indent=1) + "\n", encoding="utf-8")
-        (API_FOLDER / f"{name}.json").write_text(json.dumps(ui_to_api(workflow, found), indent=1) + "\n",
+        workflow_path(name).write_text(json.dumps(workflow, indent=1) + "\n", encoding="utf-8")
+        api_path(workflow_path(name)).write_text(json.dumps(ui_to_api(workflow, found), indent=1) + "\n",
                                                  encoding="utf-8")
         picture = render(workflow, found)
         picture.quantize(64).save(DOCS / f"workflow_{name}.png", optimize=True)
         thumbnail = picture.copy()
         thumbnail.thumbnail((640, 640))
-        thumbnail.save(WORKFLOWS / f"{name}.jpg", quality=80)
+        thumbnail.save(workflow_path(name).with_suffix(".jpg"), quality=80)
         print(f"{name}: {len(workflow['nodes'])} nodes, {len(workflow['links'])} links")
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.parse
 import subprocess
 import time
 from pathlib import Path
@@ -23,7 +24,8 @@ import comfyui_server
 import pytest
 import torch
 from nodes_harness import loaded_pack, schema_info
-from workflow_graphs import CORE_SNAPSHOT, WORKFLOWS, api_path, input_names, input_spec, load_json
+from workflow_graphs import CORE_SNAPSHOT, TITLES, api_path, input_names, input_spec, load_json
+from workflow_graphs import workflow_path
 
 NODE_IDS = ["InstructBoothPersonalize", "InstructBoothImageRewardLoader", "InstructBoothImageRewardScore",
             "InstructBoothBestOfN", "InstructBoothRLFineTune", "InstructBoothPreferencePairs", "InstructBoothDPO",
@@ -144,7 +146,7 @@ def ours(tmp_path_factory):
 
 def workflow(name: str, **by_type: dict) -> dict:
     """The API copy of a shipped workflow with widget values replaced, per node type."""
-    prompt = load_json(api_path(WORKFLOWS / f"{name}.json"))
+    prompt = load_json(api_path(workflow_path(name)))
     for changes in (TINY_SAMPLING, by_type):
         for entry in prompt.values():
             for key, value in changes.get(entry["class_type"], {}).items():
@@ -239,10 +241,11 @@ def test_the_core_node_snapshot_matches_this_comfyui(server):
 
 def test_workflows_are_served_as_templates(server):
     templates = server.get("/workflow_templates")
-    assert sorted(templates[comfyui_server.PACK_NAME]) == ["controlnet", "instructbooth_full", "personalize",
-                                                           "score_and_rerank"]
-    served = server.get(f"/api/workflow_templates/{comfyui_server.PACK_NAME}/personalize.json")
-    assert served == load_json(WORKFLOWS / "personalize.json")
+    assert sorted(templates[comfyui_server.PACK_NAME]) == sorted(TITLES.values())  # each card shows its name
+    for key in TITLES:  # as the frontend fetches it (spaces in the name, percent-encoded by the browser)
+        served = server.get(f"/api/workflow_templates/{comfyui_server.PACK_NAME}/"
+                            f"{urllib.parse.quote(TITLES[key])}.json")
+        assert served == load_json(workflow_path(key))
 
 
 # --- the workflows ---------------------------------------------------------------------------------
@@ -455,10 +458,10 @@ def test_the_frontend_loads_each_workflow_as_shipped_and_queues_its_values(page,
     """Every node type known, every widget value as in the file (no seed control widget shifting
     them), no node covering another at the sizes the frontend gives them, and the prompt the UI
     queues carries the API copy's values (seed unchanged, preview_every as shipped)."""
-    page.evaluate("async (graph) => { await window.app.loadGraphData(graph); }", load_json(WORKFLOWS / f"{name}.json"))
+    page.evaluate("async (graph) => { await window.app.loadGraphData(graph); }", load_json(workflow_path(name)))
     page.wait_for_timeout(300)
     nodes = page.evaluate(LOADED_NODES)
-    api = load_json(api_path(WORKFLOWS / f"{name}.json"))
+    api = load_json(api_path(workflow_path(name)))
     assert all(n["registered"] for n in nodes), [n["type"] for n in nodes if not n["registered"]]
     for node in nodes:
         expected = api.get(str(node["id"]), {}).get("inputs", {})

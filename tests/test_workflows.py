@@ -12,6 +12,7 @@ import pytest
 from nodes_harness import loaded_pack, schema_info
 from workflow_graphs import (
     CORE_SNAPSHOT,
+    TITLES,
     VIRTUAL_TYPES,
     WORKFLOWS,
     api_path,
@@ -19,6 +20,7 @@ from workflow_graphs import (
     check_ui_workflow,
     load_json,
     ui_to_api,
+    workflow_path,
     ui_workflow_paths,
     widget_slots,
 )
@@ -44,7 +46,9 @@ def schemas(ours):
 
 
 def test_the_template_folder_holds_the_four_ui_workflows_and_nothing_else():
-    assert [p.stem for p in ui_workflow_paths()] == EXPECTED
+    assert sorted(p.stem for p in ui_workflow_paths()) == sorted(TITLES[key] for key in EXPECTED)
+    for title in TITLES.values():  # the frontend fetches /api/workflow_templates/<pack>/<name>.json: no URL specials
+        assert not set(title) & set("#?%/\\&+") and len(title) < 80, title
     for path in ui_workflow_paths():  # ComfyUI lists every workflows/*.json as a template
         workflow = load_json(path)
         assert workflow.get("version") == 0.4 and isinstance(workflow["nodes"], list), path.name
@@ -53,7 +57,7 @@ def test_the_template_folder_holds_the_four_ui_workflows_and_nothing_else():
 
 @pytest.mark.parametrize("name", EXPECTED)
 def test_ui_workflow_uses_known_nodes_with_fitting_links_and_widget_values(name, schemas):
-    workflow = load_json(WORKFLOWS / f"{name}.json")
+    workflow = load_json(workflow_path(name))
     types = {node["type"] for node in workflow["nodes"]}
     assert types <= set(schemas) | VIRTUAL_TYPES
     assert check_ui_workflow(workflow, schemas) == []
@@ -61,7 +65,7 @@ def test_ui_workflow_uses_known_nodes_with_fitting_links_and_widget_values(name,
 
 @pytest.mark.parametrize("name", EXPECTED)
 def test_api_copy_is_the_ui_workflow_converted_and_is_valid(name, schemas):
-    path = WORKFLOWS / f"{name}.json"
+    path = workflow_path(name)
     api = load_json(api_path(path))
     assert api == ui_to_api(load_json(path), schemas)
     assert check_api_workflow(api, schemas) == []
@@ -70,7 +74,7 @@ def test_api_copy_is_the_ui_workflow_converted_and_is_valid(name, schemas):
 @pytest.mark.parametrize("name", EXPECTED)
 def test_our_nodes_accept_the_shipped_settings(name, ours):
     """Our validate_inputs (prompts with {id}, safe file names, identifiers) pass on the shipped values."""
-    for node_id, entry in load_json(api_path(WORKFLOWS / f"{name}.json")).items():
+    for node_id, entry in load_json(api_path(workflow_path(name))).items():
         cls = ours.get(entry["class_type"])
         if cls is None or "validate_inputs" not in vars(cls):
             continue
@@ -88,7 +92,7 @@ def test_our_nodes_accept_the_shipped_settings(name, ours):
 def test_rl_uses_prompts_with_the_identifier_and_the_grid_prompts_are_unseen():
     from workflow_graphs import REPO
 
-    api = load_json(api_path(WORKFLOWS / "instructbooth_full.json"))
+    api = load_json(api_path(workflow_path("instructbooth_full")))
     texts = [e["inputs"]["text"] for e in api.values() if e["class_type"] == "CLIPTextEncode"
              and e.get("_meta", {}).get("title", "").startswith("Unseen")]
     assert len(texts) == 4
@@ -119,7 +123,7 @@ def test_every_model_entry_is_one_the_frontends_dialog_can_download(name):
     """ComfyUI's Missing Models dialog refuses anything but .safetensors / .sft ("Only allowed
     suffixes are ..."); each entry must name the file its node's widget asks for."""
     entries = 0
-    for node in load_json(WORKFLOWS / f"{name}.json")["nodes"]:
+    for node in load_json(workflow_path(name))["nodes"]:
         for model in node.get("properties", {}).get("models", []):
             entries += 1
             assert model["name"].endswith((".safetensors", ".sft")), (name, model["name"])
@@ -136,7 +140,7 @@ def test_no_two_nodes_overlap_and_picture_nodes_have_room(name):
     """Nodes are boxes [x, y - title, x + w, y + h]; none may cover another (the string-join node
     used to hide the Negative prompt and the Edges preview). Nodes that show a picture after a
     run (previews, plots, saves) keep at least 300 px for it, so it does not draw over neighbours."""
-    nodes = load_json(WORKFLOWS / f"{name}.json")["nodes"]
+    nodes = load_json(workflow_path(name))["nodes"]
     boxes = [(n.get("title") or n["type"], n["pos"][0], n["pos"][1] - TITLE_BAR, n["pos"][0] + n["size"][0],
               n["pos"][1] + n["size"][1]) for n in nodes]
     for i, a in enumerate(boxes):

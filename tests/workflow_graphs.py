@@ -21,6 +21,19 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / "workflows"
 API_FOLDER = WORKFLOWS / "api"
+# The template browser shows a custom node pack's template by its file name alone (it is both the
+# card's title and its description in frontend 1.35), so the files are named for what they do.
+TITLES = {
+    "personalize": "1 Personalize - teach SD1.5 your subject from a few photos",
+    "instructbooth_full": "2 InstructBooth - personalize, RL fine-tune, render unseen prompts",
+    "score_and_rerank": "3 ImageReward - score a batch and keep the best of N",
+    "controlnet": "4 The tuned LoRA with ControlNet",
+}
+
+
+def workflow_path(key: str) -> Path:
+    """The UI-format file of a shipped workflow, by its short key ("personalize", ...)."""
+    return WORKFLOWS / f"{TITLES[key]}.json"
 CORE_SNAPSHOT = Path(__file__).resolve().parent / "data" / "comfyui_core_nodes.json"
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 UPLOAD_FLAGS = ("image_upload", "audio_upload", "video_upload", "file_upload")
