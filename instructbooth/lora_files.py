@@ -34,7 +34,8 @@ class LoraMetadata:
     identifier: str = ""  # the rare token bound to the subject, e.g. "sks"
     class_noun: str = ""  # the subject's class, e.g. "plushie"
     description: str = ""
-    base_model_hash: str = ""  # sha256 (hex) of the base checkpoint file
+    base_model_hash: str = ""  # sha256 (hex) of the base checkpoint file; "weights:<sha256>" of its tensors when
+    #                            trained in ComfyUI, which hands nodes the weights but not the file
     method: str = ""  # one of METHODS for our files
     training_config: dict = field(default_factory=dict)  # JSON-able; normalised through JSON on creation
     package_version: str = __version__  # instructbooth version that wrote the file
@@ -83,7 +84,7 @@ def metadata_strings(state: dict[str, torch.Tensor], meta: LoraMetadata, title: 
         "modelspec.description": meta.description,
     }
     strings.update({k: v for k, v in common.items() if v})  # blanks would only clutter other tools' views
-    if meta.base_model_hash:
+    if meta.base_model_hash and ":" not in meta.base_model_hash:  # kohya's field means the file's hash
         strings["ss_new_sd_model_hash"] = meta.base_model_hash
     return strings
 

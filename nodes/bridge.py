@@ -264,3 +264,13 @@ def preview_tuple(image):
         array = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
         image = Image.fromarray(array)
     return ("JPEG", image.convert("RGB"), 512)
+
+
+def with_base_weights(metadata, weights_fingerprint: str):
+    """LoRA metadata naming the base model by its weights when the file is unknown (ComfyUI
+    passes nodes a MODEL, not its checkpoint file): base_model_hash "weights:<fingerprint>"."""
+    import dataclasses
+
+    if metadata.base_model_hash:
+        return metadata
+    return dataclasses.replace(metadata, base_model_hash=f"weights:{weights_fingerprint}")

@@ -104,8 +104,9 @@ class Personalize(io.ComfyNode):
         class_images = bridge.image_batches(values["class_images"]) if values.get("class_images") else None
         lora_path = bridge.output_path_in_folder("loras", values["lora_name"])
         state = bridge.comfy_state_dict(values["model"], values["clip"], values["vae"])
+        weights = fingerprint_tensors(state)
         run = RunFolder("personalize", values["lora_name"], run_key(
-            weights=fingerprint_tensors(state), images=fingerprint_images(images),
+            weights=weights, images=fingerprint_images(images),
             class_images=fingerprint_images(class_images) if class_images else None,
             settings=without(config.to_dict(), RUN_CONTROL)))
         if run.is_finished():
@@ -117,6 +118,7 @@ class Personalize(io.ComfyNode):
                 bridge.log.info("InstructBooth Personalize: training %d steps in %s", config.steps, run.path)
             _train(bridge.trainable_copy(state), values["model"], images, class_images, config, run)
         lora, metadata = load_lora(run.result_path)
+        metadata = bridge.with_base_weights(metadata, weights)
         losses = run.read_json("result.loss.json", {}).get("loss", [])
         save_lora(lora_path, lora, metadata)
         model, clip = bridge.apply_lora_to_comfy(values["model"], values["clip"], lora)

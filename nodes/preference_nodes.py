@@ -167,7 +167,8 @@ class DPOAlign(io.ComfyNode):
         lora_path = bridge.output_path_in_folder("loras", lora_name)
         data = PairData.from_store(pairs["folder"])
         state = bridge.comfy_state_dict(model, clip, vae)
-        run = RunFolder("dpo", lora_name, run_key(weights=fingerprint_tensors(state), pairs=data.fingerprint(),
+        weights = fingerprint_tensors(state)
+        run = RunFolder("dpo", lora_name, run_key(weights=weights, pairs=data.fingerprint(),
                                                   base_lora=pairs["base_lora"],
                                                   settings=without(config.to_dict(), RUN_CONTROL)))
         if run.is_finished():
@@ -175,6 +176,7 @@ class DPOAlign(io.ComfyNode):
         else:
             _align(bridge.trainable_copy(state), model, data, config, lora, Subject(*pairs["subject"]), run)
         tuned, metadata = load_lora(run.result_path)
+        metadata = bridge.with_base_weights(metadata, weights)
         metrics = run.read_json("result.metrics.json", {})
         save_lora(lora_path, tuned, metadata)
         model, clip = bridge.apply_lora_to_comfy(model, clip, tuned)

@@ -148,8 +148,9 @@ class RLFineTune(io.ComfyNode):
                                "connected too; connect the base model from Load Checkpoint to avoid applying it twice")
         subject_batch = bridge.images_to_bchw(subject_images) if subject_images is not None else None
         state = bridge.comfy_state_dict(model, clip, vae)
+        weights = fingerprint_tensors(state)
         run = RunFolder("rl", lora_name, run_key(
-            weights=fingerprint_tensors(state), base_lora=state_fingerprint(lora),
+            weights=weights, base_lora=state_fingerprint(lora),
             reward=fingerprint_tensors(image_reward.model.state_dict()), prompts=prompt_set.templates,
             subject=[subject.identifier, subject.class_noun, subject.description],
             subject_images=fingerprint_images([subject_images]) if subject_images is not None else None,
@@ -163,6 +164,7 @@ class RLFineTune(io.ComfyNode):
                 bridge.log.info("InstructBooth RL: training %d epochs in %s", config.epochs, run.path)
             _train(bridge.trainable_copy(state), model, image_reward, prompt_set, config, lora, subject_batch, run)
         tuned, metadata = load_lora(run.result_path)
+        metadata = bridge.with_base_weights(metadata, weights)
         history = run.read_json("metrics.json", {}).get("epochs", [])
         save_lora(lora_path, tuned, metadata)
         rewards = [entry["reward"]["all"]["mean"] for entry in history]

@@ -133,6 +133,10 @@ def test_personalize_trains_saves_and_applies_the_lora(personalized):
     saved, metadata = lora_file("ib/sks")
     assert sorted(saved) == sorted(lora) and all(torch.equal(saved[k], lora[k]) for k in lora)
     assert metadata.trigger_phrase == "sks plushie" and metadata.method == "personalize"
+    assert metadata.base_model_hash.startswith("weights:") and len(metadata.base_model_hash) == 8 + 64
+    raw = pack_module("instructbooth.lora").read_lora_metadata(
+        pack_module("nodes.bridge").Path(__import__("folder_paths").get_folder_paths("loras")[0]) / "ib/sks.safetensors")
+    assert raw["modelspec.resolution"] == "32x32" and "ss_new_sd_model_hash" not in raw  # kohya's field: file hashes
     assert records["lora_calls"][-1]["keys"] == sorted(lora)
     assert model.patches[-1] == (sorted(k for k in lora if k.startswith("lora_unet_")), 1.0)
     # 4 transformer blocks (down, mid, 2 up) x 2 attentions x 4 projections, each (down, up, alpha)
