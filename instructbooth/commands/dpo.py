@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from ..preference.pairs import PairConfig, build_pairs
     from ..preference.taxonomy import Taxonomy
     from ..rewards import load_reward, parse_dtype
+    from ..rewards.registry import reward_weights_file
     from ..training import NonFiniteLossError
 
     device = resolve_device(args.device)
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     dpo_config = DPOConfig(**known_fields(dpo_settings(args), DPOConfig, "--dpo-config"))
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
     taxonomy = Taxonomy.load(args.taxonomy) if args.taxonomy else Taxonomy.default()
-    inputs = [args.checkpoint, args.lora, args.taxonomy, reward_file(args.reward)]
+    inputs = [args.checkpoint, args.lora, args.taxonomy, reward_weights_file(args.reward)]
     output = check_output_file(args.output, inputs, folders=[args.checkpoint_dir])  # before any work
     pairs_dir = Path(args.pairs_dir) if args.pairs_dir else output.with_name(output.stem + "_pairs")
     for folder in (pairs_dir, args.checkpoint_dir):
@@ -171,12 +172,6 @@ def make_subject(args: argparse.Namespace, metadata):
         raise ValueError("give both --identifier and --class-noun (the LoRA's metadata names only one of them)")
     description = args.description if args.description is not None else (metadata.description if metadata else "")
     return Subject(identifier, class_noun, description)
-
-
-def reward_file(spec: str) -> str | None:
-    """The weights file a reward spec names ("imagereward:/path/ImageReward.pt"), if any."""
-    name, _, rest = spec.partition(":")
-    return rest if name.strip().lower().replace("-", "_") in ("imagereward", "image_reward") and rest else None
 
 
 def reward_options(spec: str, device) -> dict:

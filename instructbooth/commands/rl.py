@@ -126,19 +126,20 @@ def run(args: argparse.Namespace) -> int:
     from ..outputs import check_output_file, check_output_folder, save_or_rescue
     from .run_inputs import check_run_inputs
     from ..rewards import load_reward
+    from ..rewards.registry import reward_weights_file
     from ..rl.distributed import Processes
     from ..rl.metrics import write_metrics
     from ..rl.trainer import train_rl
     from ..training import NonFiniteLossError
 
     config = config_from_args(args)
-    inputs = [args.checkpoint, args.lora, reward_file(args.reward), args.subject_images,
-              reward_file(args.subject_measure or ""), *prompt_files(args)]
+    inputs = [args.checkpoint, args.lora, reward_weights_file(args.reward), args.subject_images,
+              reward_weights_file(args.subject_measure or ""), *prompt_files(args)]
     output = check_output_file(args.output, inputs, folders=[args.checkpoint_dir])  # before any work
     check_output_folder(args.checkpoint_dir or output.with_name(f"{output.stem}_metrics"), inputs)
     check_run_inputs(args.checkpoint_dir, {
         "base checkpoint": args.checkpoint or f"random:{args.random_model}", "personalized LoRA": args.lora,
-        "reward": [args.reward, *filter(None, [reward_file(args.reward)])],
+        "reward": [args.reward, *filter(None, [reward_weights_file(args.reward)])],
         "prompts": [args.prompts, args.heldout, *prompt_files(args)],
         "subject images": args.subject_images, "subject measure": args.subject_measure}, not args.no_resume)
     processes, device = Processes.from_environment()
@@ -175,12 +176,6 @@ def run(args: argparse.Namespace) -> int:
             write_metrics(output.with_name(f"{output.stem}_metrics"), result.metrics)
         print(summary_line(result, written))
     return 0 if saved else 1
-
-
-def reward_file(spec: str) -> str | None:
-    """The weights file a reward spec names ("imagereward:/path/ImageReward.pt"), if any."""
-    name, _, rest = spec.partition(":")
-    return rest if name.strip().lower().replace("-", "_") in ("imagereward", "image_reward") and rest else None
 
 
 def prompt_files(args: argparse.Namespace) -> list[str]:

@@ -71,6 +71,12 @@ def load_reward(spec: str | Callable[..., Any], **options: Any) -> RewardFn:
     return _FACTORIES[key](argument or None, **options)
 
 
+def reward_weights_file(spec: str) -> str | None:
+    """The weights file a reward spec names ("imagereward:/path/ImageReward.pt"), if any."""
+    name, _, argument = str(spec).partition(":")
+    return argument if _normalise(name) == "imagereward" and argument else None
+
+
 def _normalise(name: str) -> str:
     key = name.strip().lower().replace("-", "_")
     return "imagereward" if key == "image_reward" else key
