@@ -175,7 +175,7 @@ def findings(models: dict) -> list[str]:
         lines.append(
             f"{label.capitalize()} prompts, alignment alone (with or without the subject): "
             f"{'dropped' if drop > 0 else 'did not drop'} from {base['alignment']:.3f} to {db['alignment']:.3f} with "
-            f"personalization; RL {'raised' if gain > 0 else 'did not raise'} it to {ib['alignment']:.3f}. Subject "
+            f"personalization; RL {'raised it to' if gain > 0 else 'did not raise it:'} {ib['alignment']:.3f}. Subject "
             f"fidelity {db['fidelity']:.3f} after DreamBooth, {ib['fidelity']:.3f} after InstructBooth.")
     return lines
 
