@@ -58,7 +58,8 @@ def test_quick_demo_writes_every_file(quick_run):
 def test_quick_demo_prints_progress(quick_run):
     _, printed = quick_run
     for text in ("model loaded", "base model:", "personalize step", "DreamBooth:", "RL epoch 1/2", "RL epoch 2/2",
-                 "InstructBooth:", "report written", "instructbooth  heldout"):
+                 "InstructBooth:", "report written", "instructbooth  heldout", "subj.-cond. alignment",
+                 "dreambooth     alone    subject shown in"):
         assert text in printed, text
 
 

@@ -58,10 +58,23 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     started = time.perf_counter()
     report = run_demo(config, args.out, callback=lambda line: print(line, flush=True))
-    models = report.metrics["models"]
-    print(f"\n{'model':<14} {'split':<8} {'alignment':>9} {'fidelity':>9}")
-    for name, splits in models.items():
-        for split, numbers in splits.items():
-            print(f"{name:<14} {split:<8} {numbers['alignment']:>9.3f} {numbers['fidelity']:>9.3f}")
+    print("\n" + summary_table(report.metrics["models"]))
     print(f"\nreport: {report.html} (also {report.markdown.name}); {time.perf_counter() - started:.0f} s in all")
     return 0
+
+
+def summary_table(models: dict) -> str:
+    """Per model and split: subject-conditional alignment (the headline), images with the subject and
+    every attribute right, alignment, fidelity; the subject prompt alone as the share showing it."""
+    lines = [f"{'model':<14} {'split':<8} {'subj.-cond. alignment':>21} {'subject+all':>12} {'alignment':>9} "
+             f"{'fidelity':>9}"]
+    for name, splits in models.items():
+        for split, n in splits.items():
+            if split == "alone":
+                lines.append(f"{name:<14} {split:<8} subject shown in {n.get('subject_count', 0)} of {n['images']} images")
+                continue
+            exact = f"{n.get('subject_exact_count', 0)}/{n['images']}" if name != "base" else "-"
+            headline = f"{n.get('subject_alignment', 0.0):.3f}" if name != "base" else "-"
+            fidelity = f"{n['fidelity']:.3f}" if name != "base" else "-"
+            lines.append(f"{name:<14} {split:<8} {headline:>21} {exact:>12} {n['alignment']:>9.3f} {fidelity:>9}")
+    return "\n".join(lines)
