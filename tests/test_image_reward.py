@@ -1,6 +1,6 @@
 """ImageReward: parity with the reference package on the tiny fixture, loading, bad input, CLI.
 
-The fixture (shared/fixtures/imagereward_tiny, see its README) was made by `image-reward` 1.5
+The fixture (tests/data/imagereward_tiny, compacted; see its README) was made by `image-reward` 1.5
 itself. Measured on this code (float32, CPU): tokens equal; image embeds 1.4e-6, token-0
 features 7e-7, scores from pixel_values 1.2e-6, scores from the files (PIL path) 1.2e-6,
 scores through the tensor-only resize path 2.8e-4 (bound asserted: 1e-3).

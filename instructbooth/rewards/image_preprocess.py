@@ -111,18 +111,8 @@ def quantize_8bit(images: Tensor) -> np.ndarray:
 def tensor_to_pil(images: Tensor, layout: Layout = "auto") -> list[Image.Image]:
     """Images in [0, 1] ([B, C, H, W], [B, H, W, C] or one image) -> PIL images of the
     same channels (grey "L", "RGB", "RGBA"), quantised as a saved PNG would be."""
-    if images.ndim == 3:
-        images = images[None]
-    if images.ndim != 4:
-        raise ValueError(f"expected images [B, C, H, W] or [B, H, W, C], got shape {tuple(images.shape)}")
-    layout = _detect_layout(images.shape) if layout == "auto" else layout
-    if layout == "BCHW":
-        images = images.permute(0, 2, 3, 1)
-    elif layout != "BHWC":
-        raise ValueError(f"unknown layout {layout!r}; use 'auto', 'BCHW' or 'BHWC'")
+    images = channels_first(images, layout).permute(0, 2, 3, 1)
     channels = images.shape[-1]
-    if channels not in PIL_MODES:
-        raise ValueError(f"expected 1, 3 or 4 channels, got {channels}")
     arrays = quantize_8bit(images)
     return [Image.fromarray(a[..., 0] if channels == 1 else a, PIL_MODES[channels]) for a in arrays]
 
@@ -137,7 +127,12 @@ def preprocess_exact(images: Tensor, size: int = 224, layout: Layout = "auto") -
 
 
 def to_bchw(images: Tensor, layout: Layout = "auto") -> Tensor:
-    """[B, C, H, W], [B, H, W, C] or one unbatched image -> [B, 3, H, W] (a view where possible).
+    """[B, C, H, W], [B, H, W, C] or one unbatched image -> [B, 3, H, W] (a view where possible)."""
+    return _as_rgb(channels_first(images, layout))
+
+
+def channels_first(images: Tensor, layout: Layout = "auto") -> Tensor:
+    """[B, C, H, W] with the image's own 1, 3 or 4 channels, from any accepted layout.
 
     `layout="auto"` picks the dim that holds 1, 3 or 4 channels; when both dim 1 and the last
     dim could (images 1, 3 or 4 pixels wide) it asks for an explicit layout."""
@@ -150,7 +145,9 @@ def to_bchw(images: Tensor, layout: Layout = "auto") -> Tensor:
         images = images.permute(0, 3, 1, 2)
     elif layout != "BCHW":
         raise ValueError(f"unknown layout {layout!r}; use 'auto', 'BCHW' or 'BHWC'")
-    return _as_rgb(images)
+    if images.shape[1] not in CHANNEL_COUNTS:
+        raise ValueError(f"expected 1, 3 or 4 channels, got {images.shape[1]}")
+    return images
 
 
 def _detect_layout(shape: torch.Size) -> str:
@@ -192,13 +189,8 @@ def preprocess_tensor(images: Tensor, size: int = 224, layout: Layout = "auto", 
 
 def _with_alpha(images: Tensor, layout: Layout) -> Tensor:
     """[B, 3 or 4, H, W]: RGB (grey repeated), alpha kept as a 4th channel when present."""
-    if images.ndim == 4 and 4 in (images.shape[1], images.shape[-1]):
-        chosen = _detect_layout(images.shape) if layout == "auto" else layout
-        if chosen == "BHWC" and images.shape[-1] == 4:
-            return images.permute(0, 3, 1, 2)
-        if chosen == "BCHW" and images.shape[1] == 4:
-            return images
-    return to_bchw(images, layout)
+    pixels = channels_first(images, layout)
+    return pixels if pixels.shape[1] == 4 else _as_rgb(pixels)
 
 
 def _resize(pixels: Tensor, height: int, width: int, clamp: bool) -> Tensor:
