@@ -21,6 +21,7 @@ from . import __version__
 from .files import write_safetensors
 from .lora_keys import DOWN, check_kohya_state, split_key
 from .lora_keys import LoraError
+from .training import non_finite_keys
 
 OUR_PREFIX = "instructbooth."
 METHODS = ("personalize", "ddpo", "rwr", "dpo", "merged")
@@ -52,7 +53,7 @@ def save_lora(path: str | os.PathLike, state: dict[str, torch.Tensor], metadata:
     """Writes a kohya state as safetensors with string metadata, atomically. A state holding
     NaN or inf is refused (it would make every image black), and nothing is written."""
     check_kohya_state(state)
-    broken = [key for key, value in state.items() if value.is_floating_point() and not bool(value.isfinite().all())]
+    broken = non_finite_keys(state)
     if broken:
         raise LoraError(f"the LoRA for {Path(path).name} holds NaN or inf values ({len(broken)} tensors, e.g. "
                         f"{broken[0]}): training diverged; nothing was written. Lower the learning rate or check "

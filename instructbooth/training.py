@@ -84,14 +84,19 @@ class NonFiniteLossError(RuntimeError):
         )
 
 
+def non_finite_keys(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding NaN or inf."""
+    return [name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
 def require_finite_weights(modules: Iterable[torch.nn.Module], what: str = "the model") -> None:
     """Raises ValueError naming the first NaN/inf weight of `modules` (a damaged checkpoint or
     LoRA would otherwise train, or sample, NaN without saying why)."""
     for module in modules:
-        for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
-            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                raise ValueError(f"{what} holds NaN or inf weights ({name}): the file it came from is damaged or "
-                                 "was saved from a diverged run; load a good copy")
+        broken = non_finite_keys(dict([*module.named_parameters(), *module.named_buffers()]))
+        if broken:
+            raise ValueError(f"{what} holds NaN or inf weights ({broken[0]}): the file it came from is damaged or "
+                             "was saved from a diverged run; load a good copy")
 
 
 def non_finite_settings(config: Any) -> list[str]:

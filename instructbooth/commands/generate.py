@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from ..lora import apply_lora, load_lora
     from ..outputs import check_output_folder
     from ..sampling import PromptEmbeddingCache, sample_images
-    from ..training import require_finite_weights
+    from ..training import non_finite_keys, require_finite_weights
 
     for name in ("guidance", "eta"):
         if not math.isfinite(getattr(args, name)):
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     components = _load_components(args, device)
     require_finite_weights(components.modules(), "the checkpoint")  # NaN weights make black images
     for path, scale, state, _ in loras:
-        if not all(bool(v.isfinite().all()) for v in state.values() if v.is_floating_point()):
+        if non_finite_keys(state):
             raise ValueError(f"{path} holds NaN or inf weights: it was saved from a diverged run")
         patched = apply_lora(components, state, unet_scale=scale, text_scale=scale)
         print(f"applied {path} at scale {scale} ({patched} modules)")

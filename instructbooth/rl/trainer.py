@@ -37,6 +37,7 @@ from ..training import (
     gradient_checkpointing,
     notify,
     require_finite,
+    non_finite_keys,
     require_finite_weights,
     restore_rng,
     state_fingerprint,
@@ -105,7 +106,7 @@ def train_rl(
     """
     processes = Processes.current()
     require_finite_weights(components.modules(), "the base model")
-    if base_lora is not None and any(v.is_floating_point() and not bool(v.isfinite().all()) for v in base_lora.values()):
+    if base_lora is not None and non_finite_keys(base_lora):
         raise ValueError("the personalized LoRA holds NaN or inf weights: it was saved from a diverged run; "
                          "personalize again with a lower learning rate")
     if config.method == "rwr" and config.prior_weight > 0 and subject_images is None:
