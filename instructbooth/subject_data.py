@@ -152,18 +152,35 @@ def fit_square(
     Images up to `min_side_fraction` smaller than the resolution are upscaled quietly;
     smaller ones raise SubjectDataError unless `allow_upscale` (quality will suffer).
     """
-    _, height, width = image.pixels.shape
-    short = min(height, width)
-    if short < min_side_fraction * resolution and not allow_upscale:
+    return fit_size(image, resolution, resolution, min_side_fraction, allow_upscale)
+
+
+def fit_size(image: SubjectImage, height: int, width: int, min_side_fraction: float = 0.5,
+             allow_upscale: bool = False) -> torch.Tensor:
+    """Scales the image to cover `height` x `width` and centre-crops -> [3, height, width] in [0, 1]."""
+    _, image_height, image_width = image.pixels.shape
+    scale = max(height / image_height, width / image_width)
+    if scale * min_side_fraction > 1 and not allow_upscale:
         raise SubjectDataError(
-            f"subject image {image.name} is {width}x{height}, much smaller than the training resolution "
-            f"{resolution}; use larger photos, a lower resolution, or allow upscaling"
+            f"subject image {image.name} is {image_width}x{image_height}, much smaller than the training resolution "
+            f"{width if width == height else f'{width}x{height}'}; use larger photos, a lower resolution, or allow "
+            "upscaling"
         )
-    scale = resolution / short
-    size = (max(resolution, round(height * scale)), max(resolution, round(width * scale)))
+    size = (max(height, round(image_height * scale)), max(width, round(image_width * scale)))
+    if size == (image_height, image_width):
+        return image.pixels[:, :height, :width].clamp(0, 1).contiguous()
     resized = F.interpolate(image.pixels[None], size=size, mode="bicubic", antialias=True, align_corners=False)[0]
-    top, left = (size[0] - resolution) // 2, (size[1] - resolution) // 2
-    return resized[:, top : top + resolution, left : left + resolution].clamp(0, 1).contiguous()
+    top, left = (size[0] - height) // 2, (size[1] - width) // 2
+    return resized[:, top : top + height, left : left + width].clamp(0, 1).contiguous()
+
+
+def training_photos(source: ImageSource, height: int, width: int) -> torch.Tensor:
+    """The subject photos of an RL or DPO run at the training size: [P, 3, height, width] in [0, 1].
+
+    The one preparation the CLI and the nodes share: files, a folder or an IMAGE batch of any
+    size, scaled to cover and centre-cropped (upscaling allowed: a regulariser, not the subject's
+    training set)."""
+    return torch.stack([fit_size(image, height, width, allow_upscale=True) for image in load_subject_images(source)])
 
 
 # --- prompts ---------------------------------------------------------------------------------

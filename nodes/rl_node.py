@@ -146,7 +146,6 @@ class RLFineTune(io.ComfyNode):
         if lora is not None and getattr(model, "patches", None):
             bridge.log.warning("InstructBooth RL: the MODEL already carries LoRA patches and a subject LoRA is "
                                "connected too; connect the base model from Load Checkpoint to avoid applying it twice")
-        subject_batch = bridge.images_to_bchw(subject_images) if subject_images is not None else None
         state = bridge.comfy_state_dict(model, clip, vae)
         weights = fingerprint_tensors(state)
         run = RunFolder("rl", lora_name, run_key(
@@ -162,7 +161,7 @@ class RLFineTune(io.ComfyNode):
                 bridge.log.info("InstructBooth RL: resuming from the checkpoints in %s", run.path)
             else:
                 bridge.log.info("InstructBooth RL: training %d epochs in %s", config.epochs, run.path)
-            _train(bridge.trainable_copy(state), model, image_reward, prompt_set, config, lora, subject_batch, run)
+            _train(bridge.trainable_copy(state), model, image_reward, prompt_set, config, lora, subject_images, run)
         tuned, metadata = load_lora(run.result_path)
         metadata = bridge.with_base_weights(metadata, weights)
         history = run.read_json("metrics.json", {}).get("epochs", [])

@@ -272,10 +272,14 @@ def test_rwr_without_subject_images_asks_for_them(comfy_inputs, scorer, personal
         run_rl(*comfy_inputs, scorer, personalized[0][2], method="rwr", prior_weight=1.0, lora_name="ib/rwr")
 
 
-def test_rwr_with_subject_images_trains(comfy_inputs, scorer, personalized, photos):
+@pytest.mark.parametrize("size", [(40, 48), (24, 64)])  # larger and wider than the 32x32 training size
+def test_rwr_trains_on_subject_photos_of_any_size(comfy_inputs, scorer, personalized, size):
+    photos = torch.rand(2, *size, 3, generator=torch.Generator().manual_seed(5))  # ComfyUI IMAGE, BHWC
     outputs = run_rl(*comfy_inputs, scorer, personalized[0][2], method="rwr", prior_weight=1.0, epochs=1,
-                     lora_name="ib/rwr", subject_images=photos[0][:, :32, :32])
-    assert lora_file("ib/rwr")[1].method == "rwr" and len(outputs[3]["loss"]) == 1
+                     lora_name=f"ib/rwr{size[1]}", subject_images=photos)
+    tuned, metadata = lora_file(f"ib/rwr{size[1]}")
+    assert metadata.method == "rwr" and len(outputs[3]["loss"]) == 1
+    assert all(torch.isfinite(t).all() for t in tuned.values())
 
 
 # --- Preference pairs and DPO ------------------------------------------------------------------------------

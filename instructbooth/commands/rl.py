@@ -153,7 +153,11 @@ def run(args: argparse.Namespace) -> int:
     measure = None
     if args.subject_measure:
         measure = load_reward(args.subject_measure, **_reward_options(args.subject_measure, device))
-    subject_images = _subject_images(args.subject_images, config) if args.subject_images else None
+    subject_images = None
+    if args.subject_images:  # bad photos fail before the model loads
+        from ..subject_data import training_photos
+
+        subject_images = training_photos(args.subject_images, config.height, config.width)
     components, model_hash = load_model(args, device)
     log = _progress_printer(processes.is_main)
     try:
@@ -202,15 +206,6 @@ def build_prompts(args: argparse.Namespace, meta):
 def _reward_options(spec: str, device) -> dict:
     name = spec.split(":", 1)[0].strip().lower().replace("-", "_")
     return {"device": device} if name in ("imagereward", "image_reward") else {}
-
-
-def _subject_images(folder: str, config):
-    import torch
-
-    from ..subject_data import fit_square, load_subject_images
-
-    side = min(config.height, config.width)
-    return torch.stack([fit_square(image, side, allow_upscale=True) for image in load_subject_images(folder)])
 
 
 def load_model(args: argparse.Namespace, device):

@@ -27,6 +27,7 @@ from ..encoding import encode_images
 from ..lora import LoraMetadata
 from ..prompts import HELDOUT, IDENTIFIER, RLPrompts
 from ..sampling import PromptEmbeddingCache, ddim_schedule
+from ..subject_data import ImageSource, training_photos
 from ..training import (
     CheckpointStore,
     Precision,
@@ -86,7 +87,7 @@ def train_rl(
     resume: bool = True,
     base_lora: Mapping[str, torch.Tensor] | None = None,
     *,
-    subject_images: torch.Tensor | None = None,
+    subject_images: ImageSource | None = None,
     subject_prompt: str | None = None,
     subject_measure: Callable | None = None,
     base_model_hash: str = "",
@@ -94,7 +95,8 @@ def train_rl(
     """Fine-tunes `components` (+ the personalized `base_lora`) to maximise `reward_fn`.
 
     reward_fn / subject_measure: `(images [B,3,H,W] in [0,1], prompts, metadata) -> [B]`.
-    `subject_images` [P, 3, H, W] in [0, 1] (with `subject_prompt`, default "a photo of
+    `subject_images` (files, a folder or an image batch of any size; scaled and centre-cropped
+    to the training size) with `subject_prompt` (default "a photo of
     <trigger phrase>") feed RWR's regulariser. `callback(StepReport)` runs after every
     optimizer step; returning False (or raising StopTraining) stops the run and returns
     the LoRA of the last completed epoch, which is also the last checkpoint. With a
@@ -143,11 +145,10 @@ def train_rl(
                 module.train(training)
 
 
-def _encode_subject(ctx: RunContext, images: torch.Tensor) -> torch.Tensor:
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"subject_images must be [P, 3, H, W] in [0, 1], got {tuple(images.shape)}")
+def _encode_subject(ctx: RunContext, images: ImageSource) -> torch.Tensor:
+    pixels = training_photos(images, ctx.config.height, ctx.config.width)
     with torch.no_grad(), ctx.precision.autocast():
-        latents = encode_images(ctx.components, images.float(), generator=torch.Generator().manual_seed(ctx.config.seed))
+        latents = encode_images(ctx.components, pixels, generator=torch.Generator().manual_seed(ctx.config.seed))
     return latents.float().to(ctx.device)
 
 
