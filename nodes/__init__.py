@@ -12,24 +12,15 @@ from . import bridge
 
 
 def node_classes() -> list[type[io.ComfyNode]]:
+    """Every node of the pack; an import error here is a broken install and surfaces as one."""
     from .lora_loader import LoadInstructBoothLoRA
     from .personalize_node import Personalize
+    from .preference_nodes import DPOAlign, PreferencePairs
     from .reward_nodes import ImageRewardBestOfN, ImageRewardLoader, ImageRewardScore
     from .rl_node import RLFineTune
 
-    return [Personalize, ImageRewardLoader, ImageRewardScore, ImageRewardBestOfN, RLFineTune, *_preference_nodes(),
+    return [Personalize, ImageRewardLoader, ImageRewardScore, ImageRewardBestOfN, RLFineTune, PreferencePairs, DPOAlign,
             LoadInstructBoothLoRA]
-
-
-def _preference_nodes() -> list[type[io.ComfyNode]]:
-    """The DPO nodes; the library's preference trainer is new, so a missing piece of it costs
-    these two nodes only, not the whole pack (the log says why)."""
-    try:
-        from .preference_nodes import DPOAlign, PreferencePairs
-    except ImportError as error:
-        bridge.log.warning("InstructBooth: preference nodes unavailable (%s)", error)
-        return []
-    return [PreferencePairs, DPOAlign]
 
 
 class InstructBoothExtension(ComfyExtension):

@@ -36,7 +36,7 @@ def nodes(pack):
 
 
 @pytest.fixture(scope="module")
-def folders(pack):
+def folders(nodes):  # the pack registers its model folders when ComfyUI loads it (comfy_entrypoint)
     import folder_paths
 
     return {name: folder_paths.get_folder_paths(name)[0] for name in ("loras", "ImageReward")}

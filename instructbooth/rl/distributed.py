@@ -42,7 +42,11 @@ class Processes:
         """Joins the group that `accelerate launch` / `torchrun` describe in the environment
         (WORLD_SIZE > 1), through accelerate; returns it and this process's device."""
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-            from accelerate import PartialState
+            try:
+                from accelerate import PartialState
+            except ImportError:
+                raise ValueError("several processes (WORLD_SIZE > 1) need accelerate: pip install 'instructbooth[multi-gpu]'"
+                                 " (or accelerate)") from None
 
             state = PartialState()
             return cls(state.process_index, state.num_processes), state.device
