@@ -1,5 +1,6 @@
 """Rewards by name: `load_reward("brightness")`, `load_reward("target_color:1,0,0")`,
-`load_reward("imagereward:/models/ImageReward.pt", device="cuda")`.
+`load_reward("imagereward:/models/ImageReward.pt", device="cuda")`,
+`load_reward("dino:/models/dino-vits16", reference_images="photos/")` (subject likeness, also `clip_i:`).
 
 A spec is `name` or `name:argument`; keyword options go to the reward's factory.
 `register_reward(name, factory)` adds a name (factory(argument, **options) -> RewardFn).
@@ -40,11 +41,28 @@ def _imagereward(argument: str | None = None, path: Any = None, **options: Any) 
     return load_image_reward(path, **options)
 
 
+def _dino(argument: str | None = None, **options: Any) -> RewardFn:
+    """Subject likeness under DINO: 'dino:/path/dino-vits16', reference_images=folder or tensor."""
+    from ..evaluation.subject_measure import dino_reward
+
+    return dino_reward(argument, **options)
+
+
+def _clip_i(argument: str | None = None, **options: Any) -> RewardFn:
+    """Subject likeness under CLIP-I: 'clip_i:/path/clip', reference_images=folder or tensor."""
+    from ..evaluation.subject_measure import clip_i_reward
+
+    return clip_i_reward(argument, **options)
+
+
 _FACTORIES: dict[str, RewardFactory] = {
     "brightness": _brightness,
     "target_color": _target_color,
     "imagereward": _imagereward,
+    "dino": _dino,
+    "clip_i": _clip_i,
 }
+WEIGHTED_REWARDS = ("imagereward", "dino", "clip_i")  # specs whose argument is a weights file or folder
 
 
 def known_rewards() -> list[str]:
@@ -72,9 +90,10 @@ def load_reward(spec: str | Callable[..., Any], **options: Any) -> RewardFn:
 
 
 def reward_weights_file(spec: str) -> str | None:
-    """The weights file a reward spec names ("imagereward:/path/ImageReward.pt"), if any."""
+    """The weights file (or folder) a reward spec names ("imagereward:/path/ImageReward.pt",
+    "dino:/models/dino-vits16"), if any."""
     name, _, argument = str(spec).partition(":")
-    return argument if _normalise(name) == "imagereward" and argument else None
+    return argument if _normalise(name) in WEIGHTED_REWARDS and argument else None
 
 
 def _normalise(name: str) -> str:
