@@ -18,6 +18,7 @@ COMMANDS = {
     "dpo": "Align with automatically built preference pairs (Diffusion-DPO).",
     "score": "Score images against a prompt with ImageReward (best-of-N ranking).",
     "generate": "Sample images from an SD1.5 checkpoint with optional LoRA files.",
+    "evaluate": "Measure CLIP-T, CLIP-I, DINO (and ImageReward) of a base model and LoRAs on a prompt set.",
     "demo": "Run the whole method on a small built-in world on CPU and write a report.",
     "convert": "Convert ImageReward.pt to safetensors (loads without pickle; the loader node lists it).",
 }
