@@ -55,14 +55,26 @@ def _clip_i(argument: str | None = None, **options: Any) -> RewardFn:
     return clip_i_reward(argument, **options)
 
 
+def _learned(argument: str | None = None, path: Any = None, **options: Any) -> RewardFn:
+    """A reward learned from feedback ('learned:/path/learned.safetensors', instructbooth reward-train);
+    options: backbone= (ImageReward weights or scorer; default: the file it names), device=, dtype=."""
+    from ..reward_learning.learned import load_learned_reward
+
+    path = argument or path
+    if not path:
+        raise ValueError("learned needs its file: 'learned:/path/learned.safetensors' or path=...")
+    return load_learned_reward(path, **options)
+
+
 _FACTORIES: dict[str, RewardFactory] = {
     "brightness": _brightness,
     "target_color": _target_color,
     "imagereward": _imagereward,
     "dino": _dino,
     "clip_i": _clip_i,
+    "learned": _learned,
 }
-WEIGHTED_REWARDS = ("imagereward", "dino", "clip_i")  # specs whose argument is a weights file or folder
+WEIGHTED_REWARDS = ("imagereward", "dino", "clip_i", "learned")  # specs whose argument is a weights file or folder
 
 
 def known_rewards() -> list[str]:
