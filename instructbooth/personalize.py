@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -31,18 +31,19 @@ from .lora import lora_disabled, lora_state_dict, load_lora_state, remove_lora, 
 from .sampling import sample_images
 from .subject_data import Examples, ImageSource, cache_examples, caption_prompt, class_prompt, draw_batch
 from .subject_data import fill_prompt, fit_square, instance_prompt, load_subject_images, tensor_to_pil
-from .training import CheckpointStore, Precision, StepCallback, StepReport, config_mismatch, gradient_checkpointing
-from .training import capture_rng, non_finite_problem, notify, require_finite, require_finite_weights, restore_rng
-from .objectives import denoising_target
-
-# Config fields a resumed run may change (everything else must match the checkpoint).
-RESUMABLE_CHANGES = ("steps", "checkpoint_every", "keep_checkpoints", "validation_prompts", "validation_every",
-                     "validation_steps", "validation_guidance", "validation_eta")
+from .training import CheckpointStore, Precision, StepCallback, StepReport, adamw, check_resumable, draw_noise
+from .training import gradient_checkpointing, guarded_step, learning_rate_at, noised, non_finite_problem, notify
+from .training import require_finite_weights, restore_trainer_state, set_learning_rate, trainer_state, training_mode
 
 
 @dataclass(frozen=True)
 class PersonalizeConfig:
     """Every setting of a personalization run; the defaults suit SD1.5 at 512 px."""
+
+    RUN_LENGTH: ClassVar[str] = "steps"  # a resumed run may be longer or shorter
+    RUN_CONTROL: ClassVar[tuple[str, ...]] = (  # settings that do not change the trained LoRA
+        "checkpoint_every", "keep_checkpoints", "validation_prompts", "validation_every", "validation_steps",
+        "validation_guidance", "validation_eta")
 
     # subject and prompts
     identifier: str = "sks"  # the rare token bound to the subject
@@ -62,8 +63,8 @@ class PersonalizeConfig:
     learning_rate: float = 1e-4  # AdamW learning rate, constant after warm-up
     warmup_steps: int = 0  # steps of linear learning-rate warm-up from 0
     weight_decay: float = 1e-2  # AdamW decoupled weight decay
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-8
+    adam_betas: tuple[float, float] = (0.9, 0.999)  # AdamW's moment decay rates (beta1, beta2)
+    adam_eps: float = 1e-8  # AdamW's denominator epsilon
     max_grad_norm: float | None = 1.0  # gradient-norm clipping; None turns it off
     # data
     resolution: int = 512  # training images are resolution x resolution pixels
@@ -138,13 +139,6 @@ def dreambooth_loss(pred: torch.Tensor, target: torch.Tensor, num_instance: int,
     has_prior = pred.shape[0] > num_instance
     prior = F.mse_loss(pred[num_instance:], target[num_instance:]) if has_prior else instance.new_zeros(())
     return LossParts(instance + prior_weight * prior, instance, prior)
-
-
-def learning_rate_at(step: int, config: PersonalizeConfig) -> float:
-    """Linear warm-up over `warmup_steps`, then constant (step counts from 0)."""
-    if step < config.warmup_steps:
-        return config.learning_rate * (step + 1) / config.warmup_steps
-    return config.learning_rate
 
 
 # --- training data -------------------------------------------------------------------------------
@@ -257,12 +251,12 @@ def personalize(
     check_config(config, components)
     require_finite_weights(components.modules(), "the base model")
     store = CheckpointStore(checkpoint_dir, config.keep_checkpoints) if checkpoint_dir is not None else None
-    with torch.inference_mode(False), torch.enable_grad():
+    trained = [components.unet] + ([components.text_encoder] if config.train_text_encoder else [])
+    with training_mode(components.modules(), trained):
         instance = instance_examples(images, config)
         check_identifier_fits(components, instance.prompts, config.identifier)
         if store is not None and not resume:
             store.clear()
-        modes = [(m, m.training) for m in components.modules()]
         params = inject_lora(components, config.lora_config(), seed=config.seed)
         try:
             precision = Precision.create(config.mixed_precision, components.device)
@@ -277,8 +271,6 @@ def personalize(
                                      stopped=True, last_checkpoint=store.latest() if store is not None else None)
         finally:
             remove_lora(components)
-            for module, training in modes:
-                module.train(training)
 
 
 def _train(components, params, config, parts, precision, store, callback, base_model_hash) -> PersonalizeResult:
@@ -286,15 +278,12 @@ def _train(components, params, config, parts, precision, store, callback, base_m
         with precision.autocast():
             for examples in parts:
                 cache_examples(examples, components, config.flip, prompts=not config.train_text_encoder)
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=config.adam_betas, eps=config.adam_eps,
-                                  weight_decay=config.weight_decay)
+    optimizer = adamw(params, config)
     generator = torch.Generator().manual_seed(config.seed)
     saved = store.load() if store is not None else None
     start, losses = _restore(saved, config, components, optimizer, precision, generator) if saved else (0, [])
     validation, last = [], store.latest() if store is not None else None
     trained = [components.unet] + ([components.text_encoder] if config.train_text_encoder else [])
-    for module in trained:
-        module.train()
 
     def result(stopped: bool) -> PersonalizeResult:
         return PersonalizeResult(lora_state_dict(components), make_metadata(config, len(losses), base_model_hash),
@@ -318,26 +307,17 @@ def _train(components, params, config, parts, precision, store, callback, base_m
 
 def train_step(components, params, config, parts, step, generator, precision, optimizer, store) -> float:
     """One optimizer step on instance (+ class) examples; returns the loss."""
-    for group in optimizer.param_groups:
-        group["lr"] = learning_rate_at(step, config)
+    set_learning_rate(optimizer, learning_rate_at(step, config))
     with precision.autocast():
         drawn = [draw_batch(examples, step, config.batch_size, config.flip, components, generator,
                             text_grad=config.train_text_encoder) for examples in parts]
     latents, embeddings = torch.cat([d[0] for d in drawn]), torch.cat([d[1] for d in drawn])
-    scheduler, device = components.scheduler, components.device
-    noise = torch.randn(latents.shape, generator=generator).to(device)
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator).to(device)
+    noise, timesteps = draw_noise(components.scheduler, latents, generator)
+    inputs, target = noised(components.scheduler, latents, noise, timesteps)
     with precision.autocast():
-        pred = components.unet(scheduler.add_noise(latents, noise, timesteps), timesteps, embeddings).sample
-    target = denoising_target(scheduler, latents, noise, timesteps)
+        pred = components.unet(inputs, timesteps, embeddings).sample
     loss = dreambooth_loss(pred, target, len(drawn[0][0]), config.prior_weight).total
-    value = require_finite(loss, step + 1, store)
-    optimizer.zero_grad(set_to_none=True)
-    precision.backward(loss)
-    norm = precision.step(optimizer, params, config.max_grad_norm)
-    if precision.scaler is None:
-        require_finite(norm, step + 1, store, what="gradient norm")
-    return value
+    return guarded_step(optimizer, params, precision, loss, step + 1, store, config.max_grad_norm)
 
 
 @torch.no_grad()
@@ -363,20 +343,14 @@ def validate(components: SDComponents, config: PersonalizeConfig, step: int, pre
 
 
 def _checkpoint(components, config, optimizer, precision, generator, losses) -> dict:
-    return {"trainable": lora_state_dict(components), "optimizer": optimizer.state_dict(),
-            "rng": capture_rng({"train": generator}), "scaler": precision.state_dict(),
-            "loss_history": list(losses), "config": json.dumps(config.to_dict())}
+    return {"trainable": lora_state_dict(components), "loss_history": list(losses),
+            **trainer_state(config, optimizer, precision, {"train": generator})}
 
 
 def _restore(saved, config, components, optimizer, precision, generator) -> tuple[int, list[float]]:
-    differ = config_mismatch(json.loads(saved["config"]), config.to_dict(), RESUMABLE_CHANGES)
-    if differ:
-        raise ValueError(f"the checkpoint at step {saved['step']} was made with different settings "
-                         f"({', '.join(differ)}); use the same settings, another folder, or resume=False")
+    check_resumable(saved, config, "personalization")
     load_lora_state(components, saved["trainable"])
-    optimizer.load_state_dict(saved["optimizer"])
-    precision.load_state_dict(saved["scaler"])
-    restore_rng({"train": generator}, saved["rng"])
+    restore_trainer_state(saved, optimizer, precision, {"train": generator})
     return int(saved["step"]), [float(x) for x in saved["loss_history"]]
 
 

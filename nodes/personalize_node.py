@@ -15,9 +15,6 @@ DEFAULTS = PersonalizeConfig()
 LORA_MODEL, LOSS_MAP = io.Custom("LORA_MODEL"), io.Custom("LOSS_MAP")
 IMAGE_INPUTS = ("images", "class_images")  # inputs that stay lists (several batches of any size)
 # Settings that do not change the trained LoRA (left out of the run key; a resumed run may change them).
-RUN_CONTROL = ("checkpoint_every", "keep_checkpoints", "validation_prompts", "validation_every", "validation_steps",
-               "validation_guidance", "validation_eta")
-
 
 class Personalize(io.ComfyNode):
     @classmethod
@@ -108,7 +105,7 @@ class Personalize(io.ComfyNode):
         run = RunFolder("personalize", values["lora_name"], run_key(
             weights=weights, images=fingerprint_images(images),
             class_images=fingerprint_images(class_images) if class_images else None,
-            settings=without(config.to_dict(), RUN_CONTROL)))
+            settings=without(config.to_dict(), config.RUN_CONTROL)))
         if run.is_finished():
             bridge.log.info("InstructBooth Personalize: reusing the finished run in %s", run.path)
         else:

@@ -170,7 +170,7 @@ class DPOAlign(io.ComfyNode):
         weights = fingerprint_tensors(state)
         run = RunFolder("dpo", lora_name, run_key(weights=weights, pairs=data.fingerprint(),
                                                   base_lora=pairs["base_lora"],
-                                                  settings=without(config.to_dict(), RUN_CONTROL)))
+                                                  settings=without(config.to_dict(), config.RUN_CONTROL)))
         if run.is_finished():
             bridge.log.info("InstructBooth DPO: reusing the finished run in %s", run.path)
         else:
@@ -185,8 +185,6 @@ class DPOAlign(io.ComfyNode):
         return io.NodeOutput(model, clip, tuned, {"loss": [s["loss"] for s in metrics.get("steps", [])]},
                              f"implicit preference accuracy {summary}")
 
-
-RUN_CONTROL = ("checkpoint_every", "keep_checkpoints", "eval_every")  # settings that do not change the LoRA
 
 
 def _build(state, model, image_reward, config, subject, lora, run: RunFolder) -> None:

@@ -28,8 +28,6 @@ DEFAULT_PROMPTS = """# One prompt per line; {id} becomes 'sks plushie' (or 'a pl
 # @actions and @interactions add the prompt sets shipped with InstructBooth.
 @actions
 @interactions"""
-RUN_CONTROL = ("keep_checkpoints", "heldout_every")  # settings that do not change the trained LoRA
-
 
 class RLFineTune(io.ComfyNode):
     @classmethod
@@ -153,7 +151,7 @@ class RLFineTune(io.ComfyNode):
             reward=fingerprint_tensors(image_reward.model.state_dict()), prompts=prompt_set.templates,
             subject=[subject.identifier, subject.class_noun, subject.description],
             subject_images=fingerprint_images([subject_images]) if subject_images is not None else None,
-            settings=without(config.to_dict(), RUN_CONTROL)))
+            settings=without(config.to_dict(), config.RUN_CONTROL)))
         if run.is_finished():
             bridge.log.info("InstructBooth RL: reusing the finished run in %s", run.path)
         else:

@@ -41,16 +41,16 @@ from instructbooth.demo.sampling import SamplerConfig  # noqa: E402
 # Phase 2 (8 min on one thread) keeps the world (held-out alignment of the demo's evaluation 0.646, 0.667 before)
 # and teaches "a toy": next to held-out scenes the base model draws one in 40% of images. 400 steps at lr 3e-4
 # with a quarter of toys drew one in 14%, and DreamBooth then drew the subject alone in 13 of 24 images (23 now).
-TOYS = replace(PretrainConfig(), steps=600, lr=5e-4, warmup_steps=50, toy_share=0.5)
+TOYS = replace(PretrainConfig(), steps=600, learning_rate=5e-4, warmup_steps=50, toy_share=0.5)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=PretrainConfig.steps, help="optimizer steps in all")
-    parser.add_argument("--lr", type=float, default=PretrainConfig.lr, help="peak learning rate")
+    parser.add_argument("--lr", type=float, default=PretrainConfig.learning_rate, help="peak learning rate")
     parser.add_argument("--seed", type=int, default=0, help="init, data and noise seed")
     parser.add_argument("--toy-steps", type=int, default=TOYS.steps, help="phase 2 (toys): optimizer steps")
-    parser.add_argument("--toy-lr", type=float, default=TOYS.lr, help="phase 2: peak learning rate")
+    parser.add_argument("--toy-lr", type=float, default=TOYS.learning_rate, help="phase 2: peak learning rate")
     parser.add_argument("--toy-share", type=float, default=TOYS.toy_share,
                         help="phase 2: share of each batch with a generic toy (the class prior of 'toy')")
     parser.add_argument("--init", type=Path, default=None,
@@ -82,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     model_config = DemoModelConfig()
-    world = replace(PretrainConfig(), steps=args.steps, lr=args.lr, seed=args.seed)
-    toys = replace(TOYS, steps=args.toy_steps, lr=args.toy_lr, toy_share=args.toy_share, seed=args.seed)
+    world = replace(PretrainConfig(), steps=args.steps, learning_rate=args.lr, seed=args.seed)
+    toys = replace(TOYS, steps=args.toy_steps, learning_rate=args.toy_lr, toy_share=args.toy_share, seed=args.seed)
     phases = [("toys", toys)] if args.init else [("world", world), ("toys", toys)]
     components = load_demo_components(args.init) if args.init else build_demo_components(model_config, seed=args.seed)
     stop = args.stop_after_minutes * 60 if args.stop_after_minutes else None

@@ -112,7 +112,7 @@ def test_loading_refuses_mismatched_weights(tmp_path):
 
 
 def test_learning_rate_schedule():
-    config = PretrainConfig(steps=100, warmup_steps=10, lr=1.0, final_lr_fraction=0.1)
+    config = PretrainConfig(steps=100, warmup_steps=10, learning_rate=1.0, final_lr_fraction=0.1)
     assert learning_rate(config, 0) == pytest.approx(0.1) and learning_rate(config, 9) == pytest.approx(1.0)
     assert learning_rate(config, 99) == pytest.approx(0.1, abs=1e-3)
 
@@ -129,8 +129,8 @@ def test_pretraining_smoke_and_exact_resume(tmp_path):
     for name, value in straight.unet.state_dict().items():
         assert torch.allclose(value, again.unet.state_dict()[name], atol=1e-6), name
     ema.copy_to_model()
-    with pytest.raises(ValueError, match="different config"):
-        pretrain(replace(SMOKE, lr=0.5), build_demo_components(), tmp_path / "b", log=lambda _: None)
+    with pytest.raises(ValueError, match="different settings"):
+        pretrain(replace(SMOKE, learning_rate=0.5), build_demo_components(), tmp_path / "b", log=lambda _: None)
 
 
 def test_shipped_model_follows_held_in_prompts():

@@ -17,7 +17,8 @@ import torch
 from instructbooth.components import build_components, tiny_configs
 from instructbooth.lora import LoraConfig, inject_lora, load_lora, lora_state_dict, merge_lora_states, remove_lora
 from instructbooth.preference.dpo import DPOConfig, PairData, save_result, train_dpo
-from instructbooth.preference.dpo_loss import BETA_SCALE, denoising_errors, diffusion_dpo_loss, implicit_accuracy
+from instructbooth.preference.dpo_loss import BETA_SCALE, diffusion_dpo_loss, implicit_accuracy
+from instructbooth.training import per_sample_mse
 from instructbooth.preference.pairs import PairConfig, build_pairs
 from instructbooth.preference.taxonomy import Taxonomy
 from instructbooth.prompts import Subject
@@ -96,7 +97,7 @@ def test_dpo_loss_is_log2_at_the_reference_and_uses_half_beta():
 def test_denoising_errors_and_implicit_accuracy():
     prediction = torch.zeros(2, 1, 2, 2)
     target = torch.tensor([[1.0, 1.0, 1.0, 1.0], [2.0, 0.0, 0.0, 0.0]]).view(2, 1, 2, 2)
-    torch.testing.assert_close(denoising_errors(prediction, target), torch.tensor([1.0, 1.0]))
+    torch.testing.assert_close(per_sample_mse(prediction, target), torch.tensor([1.0, 1.0]))
     assert implicit_accuracy(torch.tensor([-1.0, 2.0, 0.0, -0.5])).item() == pytest.approx(0.625)
 
 

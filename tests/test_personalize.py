@@ -19,15 +19,15 @@ from instructbooth.lora import inject_lora, load_lora, load_lora_state
 from instructbooth.personalize import (
     class_examples,
     PersonalizeConfig,
-    denoising_target,
     dreambooth_loss,
     generate_class_images,
-    learning_rate_at,
     personalize,
     save_result,
 )
 from instructbooth.subject_data import SubjectDataError
 from instructbooth.training import (
+    denoising_target,
+    learning_rate_at,
     CheckpointStore,
     NonFiniteLossError,
     Precision,

@@ -10,12 +10,13 @@ every `checkpoint_every` steps; calling `pretrain` again on the same folder cont
 
 from __future__ import annotations
 
+import json
 import math
 import pickle
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 import numpy as np
 import torch
@@ -23,6 +24,8 @@ import torch
 from ..components import SDComponents
 from ..encoding import encode_images, encode_prompts
 from ..files import write_torch
+from ..training import Precision, adamw, check_resumable, draw_noise, guarded_step, noised, per_sample_mse
+from ..training import restore_trainer_state, set_learning_rate, trainer_state, training_mode
 from .toys import sample_toy_batch
 from .world import sample_batch
 
@@ -33,13 +36,18 @@ CHECKPOINT_NAME = "last.pt"
 class PretrainConfig:
     """Hyperparameters of demo pretraining (steps count optimizer updates)."""
 
+    RUN_LENGTH: ClassVar[str] = "steps"  # a resumed run may be longer or shorter
+    RUN_CONTROL: ClassVar[tuple[str, ...]] = ("checkpoint_every", "log_every")  # do not change the weights
+
     steps: int = 1600  # optimizer steps in all
     batch_size: int = 64  # images per step
-    lr: float = 1e-3  # peak AdamW learning rate
-    warmup_steps: int = 200  # linear warmup from 0 to `lr`
-    final_lr_fraction: float = 0.05  # cosine decay ends at lr * this
+    learning_rate: float = 1e-3  # peak AdamW learning rate
+    warmup_steps: int = 200  # linear warmup from 0 to `learning_rate`
+    final_lr_fraction: float = 0.05  # cosine decay ends at learning_rate * this
     weight_decay: float = 0.01  # AdamW decoupled weight decay
-    grad_clip: float = 1.0  # max global gradient norm
+    adam_betas: tuple[float, float] = (0.9, 0.999)  # AdamW's moment decay rates (beta1, beta2)
+    adam_eps: float = 1e-8  # AdamW's denominator epsilon
+    max_grad_norm: float = 1.0  # max global gradient norm
     cfg_dropout: float = 0.1  # probability that a caption is replaced by ""
     min_snr_gamma: float = 0.0  # > 0: Min-SNR weights (they starve the highest noise levels, where the
     # prompt must decide the background, so off by default)
@@ -49,6 +57,9 @@ class PretrainConfig:
     seed: int = 0  # data, noise and init seed
     checkpoint_every: int = 250  # steps between checkpoints (and at the end)
     log_every: int = 50  # steps between log lines
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
 
 
 @dataclass
@@ -64,10 +75,10 @@ def trainable_modules(components: SDComponents) -> list[torch.nn.Module]:
 
 def learning_rate(config: PretrainConfig, step: int) -> float:
     if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
+        return config.learning_rate * (step + 1) / config.warmup_steps
     progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
     cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return config.lr * (config.final_lr_fraction + (1 - config.final_lr_fraction) * cosine)
+    return config.learning_rate * (config.final_lr_fraction + (1 - config.final_lr_fraction) * cosine)
 
 
 def diffusion_loss(components: SDComponents, images: torch.Tensor, captions: list[str], gamma: float,
@@ -76,13 +87,11 @@ def diffusion_loss(components: SDComponents, images: torch.Tensor, captions: lis
     batch of images [B, 3, H, W] in [0, 1]."""
     scheduler = components.scheduler
     latents = encode_images(components, images)
-    noise = torch.randn(latents.shape, generator=generator)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
-    noisy = scheduler.add_noise(latents, noise, t)
+    noise, t = draw_noise(scheduler, latents, generator)
+    noisy, target = noised(scheduler, latents, noise, t)
     prediction = components.unet(noisy, t, encode_prompts(components, captions)).sample
     v_prediction = scheduler.config.prediction_type == "v_prediction"
-    target = scheduler.get_velocity(latents, noise, t) if v_prediction else noise
-    per_image = (prediction - target).pow(2).mean(dim=(1, 2, 3))
+    per_image = per_sample_mse(prediction, target)
     if gamma > 0:
         alpha_bar = scheduler.alphas_cumprod[t]
         snr = alpha_bar / (1 - alpha_bar)
@@ -135,21 +144,29 @@ def pretrain(
     result and the EMA (call `ema.copy_to_model()` to evaluate or ship EMA weights).
     """
     modules = trainable_modules(components)
+    with training_mode(components.modules(), trained=modules):
+        result, ema = _pretrain(config, components, modules, checkpoint_dir, log, stop_after_seconds)
     for module in modules:
-        module.train().requires_grad_(True)
+        module.eval()
+    return result, ema
+
+
+def _pretrain(config, components, modules, checkpoint_dir, log, stop_after_seconds) -> tuple[PretrainResult, Ema]:
+    for module in modules:
+        module.requires_grad_(True)
     params = [p for m in modules for p in m.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer, precision = adamw(params, config), Precision.create("no", "cpu")
     ema = Ema(modules, config.ema_decay)
     rng, generator = np.random.default_rng(config.seed), torch.Generator().manual_seed(config.seed)
     state = {"step": 0, "seconds": 0.0}
     path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
     if path is not None and path.is_file():
-        state = _restore(path, config, modules, optimizer, ema, rng, generator)
+        state = _restore(path, config, modules, optimizer, precision, ema, rng, generator)
         log(f"resumed from {path} at step {state['step']}")
     losses, window, started = [], [], time.perf_counter()
     session_start, step = state["seconds"], state["step"]
     while step < config.steps:
-        loss = _train_step(config, components, params, optimizer, step, rng, generator)
+        loss = _train_step(config, components, params, optimizer, precision, step, rng, generator)
         ema.update()
         window.append(loss)
         step += 1
@@ -161,11 +178,11 @@ def pretrain(
             window = []
         out_of_time = stop_after_seconds is not None and time.perf_counter() - started >= stop_after_seconds
         if path is not None and (step % config.checkpoint_every == 0 or step == config.steps or out_of_time):
-            _save(path, config, modules, optimizer, ema, rng, generator, step, elapsed)
+            _save(path, config, modules, optimizer, precision, ema, rng, generator, step, elapsed)
         if out_of_time:
             break
     for module in modules:
-        module.eval().requires_grad_(False)
+        module.requires_grad_(False)
     total = session_start + time.perf_counter() - started
     return PretrainResult(step=step, seconds=total, losses=losses), ema
 
@@ -180,31 +197,23 @@ def training_batch(config: PretrainConfig, rng: np.random.Generator) -> tuple[np
     return np.concatenate([images, toy_images]), captions + toy_captions
 
 
-def _train_step(config, components, params, optimizer, step, rng, generator) -> float:
+def _train_step(config, components, params, optimizer, precision, step, rng, generator) -> float:
     images, captions = training_batch(config, rng)
     drop = rng.random(len(captions)) < config.cfg_dropout
     captions = ["" if d else c for c, d in zip(captions, drop)]
-    for group in optimizer.param_groups:
-        group["lr"] = learning_rate(config, step)
+    set_learning_rate(optimizer, learning_rate(config, step))
     loss = diffusion_loss(components, torch.from_numpy(images), captions, config.min_snr_gamma, generator)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    loss = loss.detach()
-    torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-    optimizer.step()
-    return loss.item()
+    return guarded_step(optimizer, params, precision, loss, step + 1, None, config.max_grad_norm)
 
 
-def _save(path, config, modules, optimizer, ema, rng, generator, step, seconds) -> None:
+def _save(path, config, modules, optimizer, precision, ema, rng, generator, step, seconds) -> None:
     write_torch(path, {
-        "config": asdict(config),
         "step": step,
         "seconds": seconds,
         "modules": [m.state_dict() for m in modules],
-        "optimizer": optimizer.state_dict(),
         "ema": ema.state_dict(),
-        "rng": rng.bit_generator.state,
-        "generator": generator.get_state(),
+        "data_rng": rng.bit_generator.state,
+        **trainer_state(config, optimizer, precision, {"noise": generator}),
     })
 
 
@@ -218,16 +227,15 @@ def load_plain_checkpoint(path) -> dict:
                          f"pretraining checkpoint; it was not loaded (nothing in it ran): {str(error)[:200]}") from None
 
 
-def _restore(path, config, modules, optimizer, ema, rng, generator) -> dict:
+def _restore(path, config, modules, optimizer, precision, ema, rng, generator) -> dict:
     saved = load_plain_checkpoint(path)
-    changed = {k for k, v in asdict(config).items() if k not in ("steps", "checkpoint_every", "log_every")
-               and saved["config"].get(k) != v}
-    if changed:
-        raise ValueError(f"checkpoint {path} was made with a different config: {sorted(changed)} differ")
+    if not isinstance(saved.get("config"), str):
+        raise ValueError(f"checkpoint {path} was written by an older version of the demo pretraining; delete it "
+                         "to start over")
+    check_resumable(saved, config, f"demo pretraining ({path})")
     for module, module_state in zip(modules, saved["modules"]):
         module.load_state_dict(module_state, strict=True)
-    optimizer.load_state_dict(saved["optimizer"])
+    restore_trainer_state(saved, optimizer, precision, {"noise": generator})
     ema.load_state_dict(saved["ema"])
-    rng.bit_generator.state = saved["rng"]
-    generator.set_state(saved["generator"])
+    rng.bit_generator.state = saved["data_rng"]
     return {"step": saved["step"], "seconds": saved["seconds"]}

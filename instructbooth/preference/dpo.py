@@ -21,7 +21,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import ClassVar, Iterator, Mapping, Sequence
 
 import torch
 
@@ -32,23 +32,22 @@ from ..lora import UNET_ATTENTION_TARGETS, LoraConfig, LoraMetadata, inject_lora
 from ..lora import lora_state_dict, merge_lora_states, remove_lora, save_lora
 from ..prompts import Subject
 from ..sampling import PromptEmbeddingCache
-from ..training import CheckpointStore, Precision, StepCallback, StepReport, capture_rng, config_mismatch
-from ..training import gradient_checkpointing, non_finite_problem, notify, require_finite, restore_rng
-from ..training import require_finite_weights
-from .dpo_loss import denoising_errors, diffusion_dpo_loss, implicit_accuracy
-from ..training import state_fingerprint
+from ..training import CheckpointStore, Precision, StepCallback, StepReport, adamw, check_resumable, guarded_step
+from ..training import gradient_checkpointing, learning_rate_at, noised, non_finite_problem, notify, per_sample_mse
+from ..training import require_finite_weights, restore_trainer_state, set_learning_rate, state_fingerprint
+from ..training import trainer_state, training_mode
+from .dpo_loss import diffusion_dpo_loss, implicit_accuracy
 from .pairs import KINDS, PairStore, PreferencePair, derive_seed, lora_merged
-from ..objectives import denoising_target
 
 State = dict[str, torch.Tensor]
-
-# Config fields a resumed run may change (everything else must match the checkpoint).
-RESUMABLE_CHANGES = ("steps", "checkpoint_every", "keep_checkpoints", "eval_every")
 
 
 @dataclass(frozen=True)
 class DPOConfig:
     """Every setting of a Diffusion-DPO run; the defaults suit SD1.5 with LoRA on one GPU."""
+
+    RUN_LENGTH: ClassVar[str] = "steps"  # a resumed run may be longer or shorter
+    RUN_CONTROL: ClassVar[tuple[str, ...]] = ("checkpoint_every", "keep_checkpoints", "eval_every")  # not the LoRA
 
     beta: float = 5000.0  # Diffusion-DPO's beta: loss = -log sigmoid(-(beta / 2) * delta), errors averaged
     #                       over pixels (see dpo_loss.py); larger = stay closer to the starting model
@@ -57,8 +56,8 @@ class DPOConfig:
     learning_rate: float = 1e-5  # AdamW learning rate, constant after warm-up
     warmup_steps: int = 0  # steps of linear learning-rate warm-up from 0
     weight_decay: float = 1e-2  # AdamW decoupled weight decay
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-8
+    adam_betas: tuple[float, float] = (0.9, 0.999)  # AdamW's moment decay rates (beta1, beta2)
+    adam_eps: float = 1e-8  # AdamW's denominator epsilon
     max_grad_norm: float | None = 1.0  # gradient-norm clipping per step; None: off
     # --- LoRA (a new one, on top of the personalized LoRA)
     lora_rank: int = 8  # rank of the trained LoRA
@@ -246,20 +245,13 @@ def train_dpo(
     if store is not None and not resume:
         store.clear()
     base = {k: v.detach().to("cpu", torch.float32) for k, v in base_lora.items()} if base_lora else None
-    with torch.inference_mode(False), torch.enable_grad():
-        modes = [(m, m.training) for m in components.modules()]
-        for module in components.modules():
-            module.eval()  # SD1.5 has no dropout; eval keeps model and reference passes comparable
-        try:
-            with _trainable_lora(components, config, base) as params:
-                precision = Precision.create(config.mixed_precision, components.device)
-                precision.cast_frozen(components.modules(), params)
-                ctx = _prepare(components, config, params, precision, data)
-                with gradient_checkpointing([components.unet], config.gradient_checkpointing):
-                    return _train(ctx, data, base, store, callback, checkpoint_dir, subject, base_model_hash)
-        finally:
-            for module, training in modes:
-                module.train(training)
+    # every module in eval: SD1.5 has no dropout, and the model and reference passes stay comparable
+    with training_mode(components.modules()), _trainable_lora(components, config, base) as params:
+        precision = Precision.create(config.mixed_precision, components.device)
+        precision.cast_frozen(components.modules(), params)
+        ctx = _prepare(components, config, params, precision, data)
+        with gradient_checkpointing([components.unet], config.gradient_checkpointing):
+            return _train(ctx, data, base, store, callback, checkpoint_dir, subject, base_model_hash)
 
 
 @contextlib.contextmanager
@@ -287,8 +279,7 @@ def _prepare(components, config, params, precision, data: PairData) -> _Context:
 
 def _train(ctx: _Context, data, base, store, callback, metrics_dir, subject, base_model_hash) -> DPOResult:
     config = ctx.config
-    optimizer = torch.optim.AdamW(ctx.params, lr=config.learning_rate, betas=config.adam_betas,
-                                  eps=config.adam_eps, weight_decay=config.weight_decay)
+    optimizer = adamw(ctx.params, config)
     generator = torch.Generator().manual_seed(config.seed)
     fingerprints = {"pairs": data.fingerprint(), "base_lora": state_fingerprint(base)}
     history, evaluations = [], []
@@ -309,8 +300,7 @@ def _train(ctx: _Context, data, base, store, callback, metrics_dir, subject, bas
                          stopped, last)
 
     for step in range(start, config.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate_at(step, config)
+        set_learning_rate(optimizer, learning_rate_at(step, config))
         history.append(train_step(ctx, optimizer, generator, step + 1, store))
         done = step + 1
         if (config.eval_every and done % config.eval_every == 0) or done == config.steps:
@@ -326,13 +316,6 @@ def _train(ctx: _Context, data, base, store, callback, metrics_dir, subject, bas
     return result(stopped=False)
 
 
-def learning_rate_at(step: int, config: DPOConfig) -> float:
-    """Linear warm-up over `warmup_steps`, then constant (step is 0-based)."""
-    if config.warmup_steps and step < config.warmup_steps:
-        return config.learning_rate * (step + 1) / config.warmup_steps
-    return config.learning_rate
-
-
 def train_step(ctx: _Context, optimizer, generator: torch.Generator, step: int, store) -> dict:
     """One optimizer step on a random minibatch of pairs; returns its statistics."""
     config, count = ctx.config, len(ctx.winner)
@@ -341,12 +324,7 @@ def train_step(ctx: _Context, optimizer, generator: torch.Generator, step: int, 
     timesteps = torch.randint(0, ctx.components.scheduler.config.num_train_timesteps, (len(rows),), generator=generator)
     errors = pair_errors(ctx, rows, noise, timesteps, with_grad=True)
     out = diffusion_dpo_loss(*errors, beta=config.beta)
-    value = require_finite(out.loss, step, store)
-    optimizer.zero_grad(set_to_none=True)
-    ctx.precision.backward(out.loss)
-    norm = ctx.precision.step(optimizer, ctx.params, config.max_grad_norm)
-    if ctx.precision.scaler is None and norm is not None:
-        require_finite(norm, step, store, what="gradient norm")
+    value = guarded_step(optimizer, ctx.params, ctx.precision, out.loss, step, store, config.max_grad_norm)
     return {"step": step, "loss": value, "accuracy": float(out.implicit_accuracy),
             "reward_margin": float(out.reward_margin)}
 
@@ -361,16 +339,15 @@ def pair_errors(ctx: _Context, rows: torch.Tensor, noise: torch.Tensor, timestep
     noise, timesteps = noise.to(device), timesteps.to(device)
     clean = torch.cat([ctx.latents[ctx.winner[rows]], ctx.latents[ctx.loser[rows]]])  # [2m, C, h, w]
     noise2, t2 = torch.cat([noise, noise]), torch.cat([timesteps, timesteps])
-    inputs = scheduler.add_noise(clean, noise2, t2)
-    target = denoising_target(scheduler, clean, noise2, t2)
+    inputs, target = noised(scheduler, clean, noise2, t2)
     embeds = ctx.embeds[rows].repeat(2, 1, 1)
     unet, m = ctx.components.unet, len(rows)
     with torch.set_grad_enabled(with_grad), ctx.precision.autocast():
-        model = denoising_errors(unet(inputs, t2, encoder_hidden_states=embeds).sample, target)
+        model = per_sample_mse(unet(inputs, t2, encoder_hidden_states=embeds).sample, target)
     if not reference:
         return model[:m], model[m:]
     with torch.no_grad(), lora_disabled(ctx.components), ctx.precision.autocast():
-        frozen = denoising_errors(unet(inputs, t2, encoder_hidden_states=embeds).sample, target)
+        frozen = per_sample_mse(unet(inputs, t2, encoder_hidden_states=embeds).sample, target)
     return model[:m], model[m:], frozen[:m], frozen[m:]
 
 
@@ -415,23 +392,16 @@ def evaluate(ctx: _Context, step: int) -> dict:
 
 
 def _checkpoint(ctx: _Context, optimizer, generator, history, evaluations, fingerprints) -> dict:
-    return {"trainable": lora_state_dict(ctx.components), "optimizer": optimizer.state_dict(),
-            "rng": capture_rng({"train": generator}), "scaler": ctx.precision.state_dict(),
-            "history": json.dumps(history), "evaluations": json.dumps(evaluations),
-            "config": json.dumps(ctx.config.to_dict()), **fingerprints}
+    return {"trainable": lora_state_dict(ctx.components), "history": json.dumps(history),
+            "evaluations": json.dumps(evaluations), **fingerprints,
+            **trainer_state(ctx.config, optimizer, ctx.precision, {"train": generator})}
 
 
 def _restore(ctx: _Context, saved: dict, optimizer, generator, fingerprints) -> tuple[list, list]:
-    differ = config_mismatch(json.loads(saved["config"]), ctx.config.to_dict(), RESUMABLE_CHANGES)
     changed = [name for name in ("pairs", "base_lora") if saved.get(name) != fingerprints[name]]
-    differ += [f"the {name.replace('_', ' ')}" for name in changed]
-    if differ:
-        raise ValueError(f"the DPO checkpoint at step {saved['step']} was made with different settings "
-                         f"({', '.join(differ)}); use the same settings, another folder, or resume=False")
+    check_resumable(saved, ctx.config, "DPO", [f"the {name.replace('_', ' ')}" for name in changed])
     load_lora_state(ctx.components, saved["trainable"])
-    optimizer.load_state_dict(saved["optimizer"])
-    ctx.precision.load_state_dict(saved["scaler"])
-    restore_rng({"train": generator}, saved["rng"])
+    restore_trainer_state(saved, optimizer, ctx.precision, {"train": generator})
     return json.loads(saved["history"]), json.loads(saved["evaluations"])
 
 

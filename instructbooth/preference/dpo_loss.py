@@ -30,14 +30,6 @@ import torch.nn.functional as F
 BETA_SCALE = 0.5  # loss = -log sigmoid(-BETA_SCALE * beta * delta)
 
 
-def denoising_errors(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Squared error per sample [B], averaged over every element but the batch dim, float32
-    (float64 inputs stay float64)."""
-    dtype = torch.float64 if torch.float64 in (prediction.dtype, target.dtype) else torch.float32
-    error = (prediction.to(dtype) - target.to(dtype)) ** 2
-    return error.mean(dim=tuple(range(1, error.ndim)))
-
-
 def preference_delta(model_w: torch.Tensor, model_l: torch.Tensor, ref_w: torch.Tensor,
                      ref_l: torch.Tensor) -> torch.Tensor:
     """delta [B] = (e_w - e_ref_w) - (e_l - e_ref_l); the reference errors are constants."""

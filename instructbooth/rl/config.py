@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 from ..lora import UNET_ATTENTION_TARGETS, LoraConfig
 from ..training import non_finite_problem
@@ -12,15 +13,15 @@ from .rwr import WEIGHTINGS as RWR_WEIGHTINGS
 METHODS = ("ddpo", "rwr")
 ADVANTAGE_MODES = ("group", "tracker", "batch")
 
-# Config fields a resumed run may change (everything else must match the checkpoint).
-RESUMABLE_CHANGES = ("epochs", "keep_checkpoints", "heldout_every")
-
 
 @dataclass(frozen=True)
 class RLConfig:
     """An RL run. Defaults: DDPO's SD1.5 LoRA settings (Black et al. 2023, kvablack/ddpo-pytorch
     config/base.py) scaled to one 8-24 GB GPU, with the changes this project measured (each
     field's comment gives the reason and the number; benchmarks/ and docs/quality.md hold them)."""
+
+    RUN_LENGTH: ClassVar[str] = "epochs"  # a resumed run may be longer or shorter
+    RUN_CONTROL: ClassVar[tuple[str, ...]] = ("keep_checkpoints", "heldout_every")  # do not change the LoRA
 
     method: str = "ddpo"  # "ddpo": clipped importance-sampled policy gradient (Black et al. 2023);
     #                       "rwr": reward-weighted denoising loss + subject-image regulariser (Lee et al. 2023)
@@ -57,8 +58,8 @@ class RLConfig:
     adv_clip: float | None = 5.0  # advantages are clamped to [-adv_clip, adv_clip]; None: no clamp
     learning_rate: float = 3e-4  # AdamW learning rate (constant; DDPO's LoRA rate)
     weight_decay: float = 1e-4  # AdamW decoupled weight decay
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-8
+    adam_betas: tuple[float, float] = (0.9, 0.999)  # AdamW's moment decay rates (beta1, beta2)
+    adam_eps: float = 1e-8  # AdamW's denominator epsilon
     max_grad_norm: float | None = 1.0  # gradient-norm clipping per optimizer step; None: off
     # --- LoRA
     lora_rank: int = 4  # rank of the new trainable LoRA (on top of the personalized one)

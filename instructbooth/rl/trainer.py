@@ -33,19 +33,21 @@ from ..training import (
     Precision,
     StepCallback,
     StepReport,
-    capture_rng,
-    config_mismatch,
+    adamw,
+    check_resumable,
     gradient_checkpointing,
-    notify,
-    require_finite,
+    guarded_step,
     non_finite_keys,
+    notify,
     require_finite_weights,
-    restore_rng,
+    restore_trainer_state,
     state_fingerprint,
+    trainer_state,
+    training_mode,
 )
 from .advantages import PerPromptStatTracker, batch_advantages, clip_advantages, group_advantages
 from .collect import EpochSamples, collect_samples, evaluate_heldout
-from .config import RESUMABLE_CHANGES, RLConfig
+from .config import RLConfig
 from .context import RunContext, generator_for
 from .distributed import Processes
 from .metrics import clear_metrics, group_stats, summarize, write_metrics
@@ -120,10 +122,7 @@ def train_rl(
             store.clear()
             clear_metrics(checkpoint_dir)
         processes.barrier()
-    with torch.inference_mode(False), torch.enable_grad():
-        modes = [(m, m.training) for m in components.modules()]
-        for module in components.modules():
-            module.eval()  # SD has no dropout: eval keeps sampling and re-scoring identical
+    with training_mode(components.modules()):  # all in eval: sampling and re-scoring stay identical
         policy = Policy.prepare(components, config, base_lora)
         try:
             precision = Precision.create(config.mixed_precision, components.device)
@@ -141,8 +140,6 @@ def train_rl(
                 return _run(ctx, store, callback, checkpoint_dir, base_model_hash)
         finally:
             policy.release()
-            for module, training in modes:
-                module.train(training)
 
 
 def _encode_subject(ctx: RunContext, images: ImageSource) -> torch.Tensor:
@@ -154,8 +151,7 @@ def _encode_subject(ctx: RunContext, images: ImageSource) -> torch.Tensor:
 
 def _run(ctx: RunContext, store, callback, metrics_dir, base_model_hash) -> RLResult:
     config, processes = ctx.config, ctx.processes
-    optimizer = torch.optim.AdamW(ctx.policy.params, lr=config.learning_rate, betas=config.adam_betas,
-                                  eps=config.adam_eps, weight_decay=config.weight_decay)
+    optimizer = adamw(ctx.policy.params, config)
     tracker = PerPromptStatTracker(config.tracker_buffer, config.tracker_min_count)
     fingerprint = state_fingerprint(ctx.policy.base_lora)
     state = RunState()
@@ -296,11 +292,7 @@ def _optimizer_step(ctx, optimizer, loss: float, state, store, callback, total, 
     processes.average_gradients(params)
     mean_loss = float(processes.sum(torch.tensor([loss], dtype=torch.float64))[0]) / processes.world_size
     step = state.optimizer_steps + 1
-    require_finite(mean_loss, step, store)
-    norm = ctx.precision.step(optimizer, params, ctx.config.max_grad_norm)
-    if norm is not None and ctx.precision.scaler is None:
-        require_finite(norm, step, store, what="gradient norm")
-    optimizer.zero_grad(set_to_none=True)
+    guarded_step(optimizer, params, ctx.precision, mean_loss, step, store, ctx.config.max_grad_norm)
     state.optimizer_steps = step
     stop = notify(callback, StepReport(step, total, mean_loss, preview))
     return bool(processes.sum(torch.tensor([float(stop)]))[0] > 0)
@@ -333,31 +325,24 @@ def _checkpoint(ctx: RunContext, optimizer, tracker, state: RunState, fingerprin
     return {
         "trainable": ctx.policy.trained_state(),
         "previous": state.previous or {},
-        "optimizer": optimizer.state_dict(),
-        "scaler": ctx.precision.state_dict(),
-        "rng": capture_rng({}),
         "tracker": json.dumps(tracker.state_dict()),
         "history": json.dumps(state.history),
         "optimizer_steps": state.optimizer_steps,
-        "config": json.dumps(ctx.config.to_dict()),
         "world_size": ctx.processes.world_size,
         "base_lora": fingerprint,
+        **trainer_state(ctx.config, optimizer, ctx.precision),
     }
 
 
 def _restore(ctx: RunContext, saved: dict, optimizer, tracker, state: RunState, fingerprint: str) -> None:
-    differ = config_mismatch(json.loads(saved["config"]), ctx.config.to_dict(), RESUMABLE_CHANGES)
+    differ = []
     if saved.get("world_size", 1) != ctx.processes.world_size:
         differ.append(f"number of processes ({saved.get('world_size')} then, {ctx.processes.world_size} now)")
     if saved.get("base_lora", "") != fingerprint:
         differ.append("the personalized LoRA")
-    if differ:
-        raise ValueError(f"the RL checkpoint after epoch {saved['step']} was made with different settings "
-                         f"({', '.join(differ)}); use the same settings, another folder, or resume=False")
+    check_resumable(saved, ctx.config, "RL", differ)
     ctx.policy.load(saved["trainable"])
-    optimizer.load_state_dict(saved["optimizer"])
-    ctx.precision.load_state_dict(saved["scaler"])
-    restore_rng({}, saved["rng"])
+    restore_trainer_state(saved, optimizer, ctx.precision)
     tracker.load_state_dict(json.loads(saved["tracker"]))
     state.epoch, state.optimizer_steps = int(saved["step"]), int(saved["optimizer_steps"])
     state.history = json.loads(saved["history"])

@@ -15,7 +15,7 @@ from ..sampling import Trajectories, ddim_step, gaussian_log_prob, guided_noise_
 from .context import RunContext, generator_for
 from .ddpo import ddpo_loss, gaussian_step_kl
 from .rwr import rwr_loss
-from ..objectives import denoising_target
+from ..training import draw_noise, noised
 
 
 @dataclass
@@ -81,14 +81,11 @@ def _kl_penalty(ctx, step, x_t, timesteps, embeds, uncond, rows: torch.Tensor) -
     return kl.sum() / len(rows)
 
 
-def noised(ctx: RunContext, latents: torch.Tensor, generator: torch.Generator):
+def noised_at_random(ctx: RunContext, latents: torch.Tensor, generator: torch.Generator):
     """(noisy latents, timesteps, target) for the denoising loss at uniform random timesteps."""
-    scheduler = ctx.components.scheduler
-    noise = torch.randn(latents.shape, generator=generator).to(latents)
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
-    timesteps = timesteps.to(latents.device)
-    target = denoising_target(scheduler, latents, noise, timesteps)
-    return scheduler.add_noise(latents, noise, timesteps), timesteps, target
+    noise, timesteps = draw_noise(ctx.components.scheduler, latents, generator)
+    inputs, target = noised(ctx.components.scheduler, latents, noise, timesteps)
+    return inputs, timesteps, target
 
 
 def rwr_update(
@@ -105,7 +102,7 @@ def rwr_update(
     slots = torch.arange(len(rows)) if slots is None else slots
     latents, embeds = samples.final_latents[rows_dev], samples.prompt_embeds[rows_dev]
     per_sample = [generator_for(config.seed, seed, *draw, "rwr") for seed in (samples.seeds[i] for i in rows.tolist())]
-    parts = [noised(ctx, latents[i : i + 1], g) for i, g in enumerate(per_sample)]
+    parts = [noised_at_random(ctx, latents[i : i + 1], g) for i, g in enumerate(per_sample)]
     inputs, timesteps, targets = (torch.cat(p) for p in zip(*parts))
     prior = ctx.subject_latents is not None and config.prior_weight > 0
     if prior:
@@ -127,7 +124,7 @@ def _prior_batch(ctx: RunContext, slots: torch.Tensor, draw: tuple):
     the images, cycled), noised with the slot's own generator; the same on every process."""
     total = len(ctx.subject_latents)
     order = torch.randperm(total, generator=generator_for(ctx.config.seed, *draw, "prior"))
-    parts = [noised(ctx, ctx.subject_latents[int(order[int(s) % total])].unsqueeze(0),
+    parts = [noised_at_random(ctx, ctx.subject_latents[int(order[int(s) % total])].unsqueeze(0),
                     generator_for(ctx.config.seed, *draw, int(s), "prior noise")) for s in slots]
     inputs, timesteps, targets = (torch.cat(p) for p in zip(*parts))
     return inputs, timesteps, targets
