@@ -13,6 +13,7 @@ from . import bridge
 
 def node_classes() -> list[type[io.ComfyNode]]:
     """Every node of the pack; an import error here is a broken install and surfaces as one."""
+    from .evaluation_nodes import Evaluate, EvaluationModelLoader
     from .lora_loader import LoadInstructBoothLoRA
     from .personalize_node import Personalize
     from .preference_nodes import DPOAlign, PreferencePairs
@@ -20,7 +21,7 @@ def node_classes() -> list[type[io.ComfyNode]]:
     from .rl_node import RLFineTune
 
     return [Personalize, ImageRewardLoader, ImageRewardScore, ImageRewardBestOfN, RLFineTune, PreferencePairs, DPOAlign,
-            LoadInstructBoothLoRA]
+            LoadInstructBoothLoRA, EvaluationModelLoader, Evaluate]
 
 
 class InstructBoothExtension(ComfyExtension):

@@ -25,6 +25,7 @@ from ..instructbooth.ldm_architecture import ArchitectureHints
 log = logging.getLogger("instructbooth")
 
 IMAGE_REWARD_FOLDER = "ImageReward"
+EVALUATION_FOLDER = "evaluation"  # CLIP / DINO weights for the Evaluate node (transformers folders or files)
 WEIGHT_EXTENSIONS = {".pt", ".pth", ".safetensors", ".bin"}
 SD15_CONFIGS = ("SD15", "SD15_instructpix2pix")  # ComfyUI's model_config classes of the SD1.x family
 
@@ -37,12 +38,16 @@ class NodeInputError(ValueError):
 
 
 def register_model_folders() -> None:
-    """Adds models/ImageReward as a model folder (called once by the extension)."""
+    """Adds models/ImageReward and models/evaluation as model folders (called once by the extension)."""
     path = str(Path(folder_paths.models_dir) / IMAGE_REWARD_FOLDER)
     folder_paths.add_model_folder_path(IMAGE_REWARD_FOLDER, path, is_default=True)
     names = getattr(folder_paths, "folder_names_and_paths", {})
     if IMAGE_REWARD_FOLDER in names:
         names[IMAGE_REWARD_FOLDER][1].update(WEIGHT_EXTENSIONS)
+    folder_paths.add_model_folder_path(EVALUATION_FOLDER, str(Path(folder_paths.models_dir) / EVALUATION_FOLDER),
+                                       is_default=True)
+    if EVALUATION_FOLDER in names:
+        names[EVALUATION_FOLDER][1].update(WEIGHT_EXTENSIONS)
 
 
 def model_file_options(folder_name: str) -> list[str]:

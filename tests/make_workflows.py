@@ -308,6 +308,47 @@ def controlnet_workflow(s) -> Graph:
     return g
 
 
+EVAL_LORAS = [("DreamBooth", "instructbooth/sks_plushie.safetensors"),
+              ("InstructBooth", "instructbooth/sks_plushie_rl.safetensors")]
+
+
+def evaluate_workflow(s) -> Graph:
+    """Two LoRAs draw the same held-out prompt from the same seed; each batch is measured against the
+    subject photos (CLIP-T, CLIP-I, DINO) on its own Evaluate node."""
+    g = Graph("evaluate", s)
+    ckpt = checkpoint(g, (0, 160))
+    scene = g.add("PrimitiveStringMultiline", (0, 360), {"value": "riding a horse on a beach"},
+                  title="Held-out scene (never trained on)")
+    latent = g.add("EmptyLatentImage", (0, 600), {"width": 512, "height": 512, "batch_size": 4})
+    photos = g.add("LoadImageDataSetFromFolder", (0, 820), {"folder": SUBJECT_FOLDER}, title="Subject photos")
+    clip = g.add("InstructBoothEvaluationModelLoader", (0, 1000),
+                 {"model_file": "clip-vit-large-patch14/model.safetensors", "kind": "clip"}, title="CLIP (CLIP-T, CLIP-I)")
+    dino = g.add("InstructBoothEvaluationModelLoader", (0, 1180),
+                 {"model_file": "dino-vits16/model.safetensors", "kind": "dino"}, title="DINO ViT-S/16")
+    scored = g.add("PrimitiveStringMultiline", (0, 1360), {"value": "a plushie riding a horse on a beach"},
+                   title="Prompt as scored (no identifier)")
+    members = []
+    for row, (name, lora_file) in enumerate(EVAL_LORAS):
+        y = 120 + row * 700
+        lora = g.add("InstructBoothLoadLoRA", (400, y), {"lora_name": lora_file}, {"model": (ckpt, 0), "clip": (ckpt, 1)},
+                     title=f"{name} LoRA")
+        text = g.add("StringConcatenate", (400, y + 240), {"string_a": "", "string_b": "", "delimiter": " "},
+                     {"string_a": (lora, 2), "string_b": (scene, 0)}, title="'<trigger phrase> <scene>'")
+        negative = g.add("CLIPTextEncode", (800, y + 240), {"text": NEGATIVE}, {"clip": (lora, 1)}, title="Negative",
+                         height=120)
+        _, _, decode = sample_chain(g, (lora, 0), (lora, 1), (ckpt, 2), (text, 0), negative, latent, 800, y,
+                                    title=f"{name}: positive")
+        measure = g.add("InstructBoothEvaluate", (1880, y), {"label": name},
+                        {"images": (decode, 0), "prompts": (scored, 0), "references": (photos, 0),
+                         "clip": (clip, 0), "dino": (dino, 0)}, title=f"Evaluate {name}", height=300)
+        g.add("PreviewImage", (2280, y), links={"images": (decode, 0)}, title=f"{name} images", height=IMAGE_HEIGHT)
+        members.append([lora, text, negative, measure])
+    g.note(EVALUATE_NOTE, (0, -380), (760, 380), "How to use")
+    g.group("DreamBooth", members[0], color="#3f789e")
+    g.group("InstructBooth (DreamBooth + RL)", members[1], color="#a1309b")
+    return g
+
+
 UNSEEN_PROMPTS = [  # from the held-out set: never trained on
     "sks plushie playing the violin on a stage",
     "sks plushie riding a horse on a beach",
@@ -349,11 +390,22 @@ following the edges of a control image with the stock ControlNet nodes.
 Needs `{CONTROLNET}` in `ComfyUI/models/controlnet/` and a LoRA made by the
 Personalize or InstructBooth workflow."""
 
+EVALUATE_NOTE = f"""## Evaluate: DreamBooth vs InstructBooth on a held-out prompt
+
+Both LoRAs draw the same held-out prompt with the same seed; each **InstructBooth Evaluate** node shows
+CLIP-T (image vs the prompt written without the identifier), CLIP-I and DINO (mean cosine with every
+photo in `ComfyUI/input/{SUBJECT_FOLDER}/`). Higher DINO / CLIP-I: the subject survived; higher CLIP-T:
+the instruction is followed. Put the weights in `ComfyUI/models/evaluation/` as hub folders
+(`clip-vit-large-patch14/`, `dino-vits16/`: config.json + model.safetensors, and CLIP's tokenizer files).
+Change the scene and the scored prompt together to try other held-out prompts;
+`instructbooth evaluate` runs whole prompt lists headless."""
+
 WORKFLOWS_BUILT = {
     "personalize": personalize_workflow,
     "instructbooth_full": full_workflow,
     "score_and_rerank": score_workflow,
     "controlnet": controlnet_workflow,
+    "evaluate": evaluate_workflow,
 }
 
 
@@ -362,7 +414,7 @@ WORKFLOWS_BUILT = {
 TYPE_COLOURS = {"MODEL": (178, 157, 255), "CLIP": (255, 210, 0), "VAE": (255, 106, 106), "IMAGE": (100, 181, 246),
                 "LATENT": (255, 150, 200), "CONDITIONING": (255, 160, 60), "STRING": (120, 220, 120),
                 "LORA_MODEL": (240, 120, 240), "LOSS_MAP": (200, 200, 120), "IMAGE_REWARD": (90, 220, 220),
-                "CONTROL_NET": (0, 214, 163)}
+                "CONTROL_NET": (0, 214, 163), "INSTRUCTBOOTH_EVALUATION_MODEL": (120, 200, 255)}
 
 
 def render(workflow: dict, schemas: dict[str, dict], scale: float = 0.32):

@@ -29,7 +29,7 @@ from workflow_graphs import workflow_path
 
 NODE_IDS = ["InstructBoothPersonalize", "InstructBoothImageRewardLoader", "InstructBoothImageRewardScore",
             "InstructBoothBestOfN", "InstructBoothRLFineTune", "InstructBoothPreferencePairs", "InstructBoothDPO",
-            "InstructBoothLoadLoRA"]
+            "InstructBoothLoadLoRA", "InstructBoothEvaluationModelLoader", "InstructBoothEvaluate"]
 CHECKPOINT, REWARD, CONTROLNET = "sd15_small.safetensors", "tiny.safetensors", "tiny_controlnet.safetensors"
 SUBJECT = "instructbooth_subject"
 TINY_PERSONALIZE = dict(steps=3, resolution=64, mixed_precision="no", gradient_checkpointing=False, preview_every=0,

@@ -12,7 +12,7 @@ from nodes_harness import loaded_pack, pack_module, reset_records, schema_info, 
 
 NODE_IDS = ["InstructBoothPersonalize", "InstructBoothImageRewardLoader", "InstructBoothImageRewardScore",
             "InstructBoothBestOfN", "InstructBoothRLFineTune", "InstructBoothPreferencePairs", "InstructBoothDPO",
-            "InstructBoothLoadLoRA"]
+            "InstructBoothLoadLoRA", "InstructBoothEvaluationModelLoader", "InstructBoothEvaluate"]
 
 
 @pytest.fixture(scope="module")

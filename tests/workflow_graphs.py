@@ -28,6 +28,7 @@ TITLES = {
     "instructbooth_full": "2 InstructBooth - personalize, RL fine-tune, render unseen prompts",
     "score_and_rerank": "3 ImageReward - score a batch and keep the best of N",
     "controlnet": "4 The tuned LoRA with ControlNet",
+    "evaluate": "5 Evaluate - DreamBooth vs InstructBooth LoRA on a held-out prompt",
 }
 
 
@@ -39,7 +40,7 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 UPLOAD_FLAGS = ("image_upload", "audio_upload", "video_upload", "file_upload")
 VIRTUAL_TYPES = {"Note", "MarkdownNote", "Reroute"}  # frontend-only nodes, not sent to the server
 # Combos listing files of the user's installation: any file name of the right kind is fine.
-FILE_COMBOS = {"ckpt_name", "lora_name", "control_net_name", "image", "folder", "reward_file"}
+FILE_COMBOS = {"ckpt_name", "lora_name", "control_net_name", "image", "folder", "reward_file", "model_file"}
 
 
 def load_json(path: Path) -> Any:
