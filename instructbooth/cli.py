@@ -21,6 +21,7 @@ COMMANDS = {
     "evaluate": "Measure CLIP-T, CLIP-I, DINO (and ImageReward) of a base model and LoRAs on a prompt set.",
     "demo": "Run the whole method on a small built-in world on CPU and write a report.",
     "convert": "Convert ImageReward.pt to safetensors (loads without pickle; the loader node lists it).",
+    "reward-train": "Learn a reward from good/bad feedback on images (Lee et al. 2023); use it as learned:FILE.",
 }
 
 
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if args.command is None and not argv else 2
     name, rest = argv[0], argv[1:]
-    module = importlib.import_module(f"instructbooth.commands.{name}")
+    module = importlib.import_module(f"instructbooth.commands.{name.replace('-', '_')}")
     command_parser = argparse.ArgumentParser(prog=f"instructbooth {name}", description=COMMANDS[name])
     module.add_arguments(command_parser)
     args = command_parser.parse_args(rest)

@@ -125,7 +125,7 @@ def train_reward_head(features: Tensor, valid: Tensor, labels: Tensor, config: R
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            for key, value in (("loss", float(loss)), *parts.items()):
+            for key, value in (("loss", float(loss.detach())), *parts.items()):
                 sums[key] += value / len(batches)
         history.append({"epoch": epoch + 1, **sums})
         if callback is not None:
