@@ -411,7 +411,7 @@ def submit(server, prompt: dict) -> dict:
 
 
 BROWSER = Path(os.environ.get("INSTRUCTBOOTH_BROWSER", "/usr/bin/chromium"))
-SHIPPED = ["controlnet", "instructbooth_full", "personalize", "score_and_rerank"]
+SHIPPED = ["controlnet", "evaluate", "instructbooth_full", "personalize", "score_and_rerank"]
 
 
 @pytest.fixture(scope="module")
