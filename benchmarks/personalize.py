@@ -101,7 +101,7 @@ def run_case(name: str, variant: str, steps: int | None) -> dict:
     return {
         "case": name, "variant": variant, "model": model, "device": device, "resolution": resolution,
         "mixed_precision": config.mixed_precision, "gradient_checkpointing": config.gradient_checkpointing,
-        "batch_size": config.batch_size, "rank": config.rank, "steps": steps,
+        "batch_size": config.batch_size, "lora_rank": config.lora_rank, "steps": steps,
         "median_step_s": round(median, 5),
         "first_step_s": round(stamps[0] - started, 3),  # image loading, caching and the first step
         "peak_memory_mb": round(peak_memory_mb(device), 1),

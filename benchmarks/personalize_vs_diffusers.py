@@ -173,7 +173,7 @@ def train_ours(spec: dict) -> None:
     config = PersonalizeConfig(
         identifier=SETTINGS["identifier"], class_noun=SETTINGS["class_noun"],
         instance_template="a photo of {id} {cls}", use_captions=False,
-        rank=SETTINGS["rank"], alpha=float(SETTINGS["rank"]), steps=spec["steps"], batch_size=SETTINGS["batch_size"],
+        lora_rank=SETTINGS["rank"], lora_alpha=float(SETTINGS["rank"]), steps=spec["steps"], batch_size=SETTINGS["batch_size"],
         learning_rate=SETTINGS["learning_rate"], warmup_steps=0, resolution=spec["resolution"], flip=False,
         seed=SETTINGS["seed"], checkpoint_every=0,
     )
@@ -192,7 +192,7 @@ def reference_argv(spec: dict, precompute: bool) -> list[str]:
         "--train_batch_size", str(SETTINGS["batch_size"]),
         "--max_train_steps", str(spec["steps"]), "--checkpointing_steps", str(spec["steps"] + 1),
         "--learning_rate", str(SETTINGS["learning_rate"]), "--lr_scheduler", "constant", "--lr_warmup_steps", "0",
-        "--rank", str(SETTINGS["rank"]), "--seed", str(SETTINGS["seed"]),
+        "--lora-rank", str(SETTINGS["rank"]), "--seed", str(SETTINGS["seed"]),
         "--mixed_precision", "no", "--dataloader_num_workers", "0",
     ]
     return argv + (["--pre_compute_text_embeddings"] if precompute else [])

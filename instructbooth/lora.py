@@ -65,6 +65,11 @@ class LoraConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise LoraError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
 
+    @classmethod
+    def of(cls, rank: int, alpha: float | None = None, **where) -> "LoraConfig":
+        """A stage config's LoRA: `alpha` None means alpha = rank (scale 1), the convention of every stage."""
+        return cls(rank=rank, alpha=float(rank) if alpha is None else alpha, **where)
+
 
 class LoraLinear(nn.Module):
     """A frozen nn.Linear or nn.Conv2d plus a trainable low-rank update.

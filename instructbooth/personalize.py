@@ -33,7 +33,7 @@ from .subject_data import Examples, ImageSource, cache_examples, caption_prompt,
 from .subject_data import fill_prompt, fit_square, instance_prompt, load_subject_images, tensor_to_pil
 from .training import CheckpointStore, Precision, StepCallback, StepReport, adamw, check_resumable, draw_noise
 from .training import gradient_checkpointing, guarded_step, learning_rate_at, noised, non_finite_problem, notify
-from .training import require_finite_weights, restore_trainer_state, set_learning_rate, trainer_state, training_mode
+from .training import precision_problem, require_finite_weights, restore_trainer_state, set_learning_rate, trainer_state, training_mode
 
 
 @dataclass(frozen=True)
@@ -53,8 +53,8 @@ class PersonalizeConfig:
     class_template: str = "a photo of {cls}"  # prior-preservation prompt; must not contain the identifier
     use_captions: bool = True  # a `.txt` beside an image is that image's prompt template (must mention the id)
     # LoRA
-    rank: int = 8  # rank of each LoRA pair (4..16 is typical for a subject)
-    alpha: float = 8.0  # LoRA scale = alpha / rank
+    lora_rank: int = 8  # rank of each LoRA pair (4..16 is typical for a subject)
+    lora_alpha: float | None = None  # LoRA scale = alpha / rank; None: alpha = rank (scale 1)
     unet_targets: tuple[str, ...] = UNET_ATTENTION_TARGETS  # UNet attention layers that get LoRA
     train_text_encoder: bool = False  # also LoRA on the text encoder's attention (no text-embedding cache then)
     # optimisation (AdamW)
@@ -96,7 +96,7 @@ class PersonalizeConfig:
 
     def lora_config(self) -> LoraConfig:
         text = TEXT_ATTENTION_TARGETS if self.train_text_encoder else ()
-        return LoraConfig(rank=self.rank, alpha=self.alpha, unet_targets=self.unet_targets, text_targets=text)
+        return LoraConfig.of(self.lora_rank, self.lora_alpha, unet_targets=self.unet_targets, text_targets=text)
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
@@ -359,7 +359,7 @@ def make_metadata(config: PersonalizeConfig, steps_done: int, base_model_hash: s
         trigger_phrase=f"{config.identifier} {config.class_noun}", identifier=config.identifier,
         class_noun=config.class_noun, description=config.description, base_model_hash=base_model_hash,
         method="personalize", training_config={**config.to_dict(), "steps_done": steps_done},
-        rank=config.rank, alpha=config.alpha,
+        rank=config.lora_rank, alpha=config.lora_config().alpha,
     )
 
 
@@ -382,8 +382,9 @@ def check_config(config: PersonalizeConfig, components: SDComponents) -> None:
 
 def check_settings(config: PersonalizeConfig) -> None:
     """The checks that need no model (the CLI runs them before loading one)."""
-    if non_finite_problem(config):
-        raise ValueError(non_finite_problem(config))
+    for problem in (non_finite_problem(config), precision_problem(config.mixed_precision)):
+        if problem:
+            raise ValueError(problem)
     positive = {"steps": config.steps, "batch_size": config.batch_size, "learning_rate": config.learning_rate,
                 "resolution": config.resolution, "keep_checkpoints": config.keep_checkpoints}
     for name, value in positive.items():

@@ -137,7 +137,7 @@ def _train(state, model, images, class_images, config: PersonalizeConfig, run: R
 def _config(values: dict) -> PersonalizeConfig:
     return PersonalizeConfig(
         identifier=values["identifier"].strip(), class_noun=values["class_noun"].strip(),
-        description=values["description"].strip(), rank=values["rank"], alpha=float(values["rank"]),
+        description=values["description"].strip(), lora_rank=values["rank"],
         steps=values["steps"], batch_size=values["batch_size"], learning_rate=values["learning_rate"],
         resolution=values["resolution"], flip=values["flip"], train_text_encoder=values["train_text_encoder"],
         prior_preservation=values["prior_preservation"], num_class_images=values["num_class_images"],

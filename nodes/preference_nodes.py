@@ -161,7 +161,7 @@ class DPOAlign(io.ComfyNode):
                                         "DPO starts from that model")
         config = DPOConfig(beta=settings["beta"], steps=settings["steps"], batch_size=settings["batch_size"],
                            learning_rate=settings["learning_rate"], lora_rank=settings["lora_rank"],
-                           lora_alpha=float(settings["lora_rank"]), mixed_precision=settings["mixed_precision"],
+                           mixed_precision=settings["mixed_precision"],
                            gradient_checkpointing=settings["gradient_checkpointing"], seed=settings["seed"],
                            checkpoint_every=settings["checkpoint_every"])
         lora_path = bridge.output_path_in_folder("loras", lora_name)

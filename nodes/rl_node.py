@@ -220,13 +220,11 @@ NOT_SETTINGS = ("model", "clip", "vae", "image_reward", "prompts", "identifier",
 
 
 def _config(settings: dict) -> RLConfig:
-    """The RLConfig of the node's setting inputs (the LoRA alpha follows its rank)."""
+    """The RLConfig of the node's setting inputs (the LoRA alpha follows its rank: RLConfig's default)."""
     values = {}
     for name, value in settings.items():
         if name not in NOT_SETTINGS:
             values.update({field: value for field in RENAMED.get(name, (name,))})
-    if "lora_rank" in values:
-        values["lora_alpha"] = float(values["lora_rank"])
     return RLConfig(**values)
 
 

@@ -65,7 +65,7 @@ def bhwc(images: torch.Tensor) -> torch.Tensor:
 
 
 def small_config(**changes) -> PersonalizeConfig:
-    base = PersonalizeConfig(resolution=32, steps=8, rank=2, alpha=2.0, learning_rate=1e-3, checkpoint_every=2)
+    base = PersonalizeConfig(resolution=32, steps=8, lora_rank=2, lora_alpha=2.0, learning_rate=1e-3, checkpoint_every=2)
     return dataclasses.replace(base, **changes)
 
 
@@ -129,7 +129,7 @@ def test_learning_rate_warms_up_linearly():
 def test_training_lowers_denoising_error_on_sd_family_model(tiny):
     images = subject_images(32)
     before = denoising_error(tiny, images, ID_PROMPT)  # 1.141
-    config = small_config(steps=40, rank=4, alpha=4.0, checkpoint_every=0)
+    config = small_config(steps=40, lora_rank=4, lora_alpha=4.0, checkpoint_every=0)
     result = personalize(tiny, bhwc(images), config)
     after = denoising_error(with_lora(tiny, result, config), images, ID_PROMPT)  # 1.062
     assert after < 0.97 * before
@@ -159,7 +159,7 @@ def test_identifier_binds_the_subject_with_prior_preservation():
     subject, others = subject_images(8), class_images(8)
     t_range = (100, 600)
     before = denoising_error(parts, subject, ID_PROMPT, t_range)  # 0.948
-    config = PersonalizeConfig(resolution=8, steps=60, batch_size=4, rank=4, alpha=16.0, learning_rate=1e-2,
+    config = PersonalizeConfig(resolution=8, steps=60, batch_size=4, lora_rank=4, lora_alpha=16.0, learning_rate=1e-2,
                                prior_preservation=True, checkpoint_every=0)
     result = personalize(parts, bhwc(subject), config, class_images=bhwc(others))
     with_lora(parts, result, config)

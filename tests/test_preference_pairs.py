@@ -125,7 +125,7 @@ def test_plan_prompts_subject_phrases_and_links():
     assert len(prompts) == 6 and len(links) == 9  # repeated pairs add nothing
     assert prompts[0].text == "sks plushie with a red ball"
     assert prompts[0].judge_text == "a plushie with a red ball"
-    plain, _ = plan_prompts(pairs, PairConfig(identifier=False), subject)
+    plain, _ = plan_prompts(pairs, PairConfig(use_identifier=False), subject)
     assert plain[0].text == plain[0].judge_text == "a plushie with a red ball"
     default, _ = plan_prompts(pairs, PairConfig(), None, default_subject="a robot")
     assert default[0].text == "a robot with a red ball"

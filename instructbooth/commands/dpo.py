@@ -15,6 +15,8 @@ import json
 import sys
 from pathlib import Path
 
+from .config_flags import add_config_flags, given_fields
+
 HELP = "Align with automatically built preference pairs (Diffusion-DPO)."
 
 
@@ -35,26 +37,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     subject.add_argument("--identifier", default=None, help='rare token of the subject, e.g. "sks"')
     subject.add_argument("--class-noun", default=None, help='class of the subject, e.g. "plushie"')
     subject.add_argument("--description", default=None, help="detailed description of the subject")
-    settings = parser.add_argument_group("settings (see PairConfig and DPOConfig for all)")
-    settings.add_argument("--pair-config", default=None, help="PairConfig fields as a JSON file or inline JSON")
-    settings.add_argument("--dpo-config", default=None, help="DPOConfig fields as a JSON file or inline JSON")
-    settings.add_argument("--prompt-pairs", type=int, help="analogous prompt pairs drawn from the taxonomy")
-    settings.add_argument("--images-per-prompt", type=int, help="K images sampled per prompt")
-    settings.add_argument("--sample-steps", type=int, help="sampler steps per image")
-    settings.add_argument("--resolution", type=int, help="image side in pixels (pairs are square)")
-    settings.add_argument("--min-margin", type=float, help="smallest reward difference that makes a pair")
-    settings.add_argument("--cross-pairs", choices=("both", "each", "off"), help="cross-validation pair mode")
-    settings.add_argument("--kinds", default="self,cross", help="pair kinds to train on (default self,cross)")
-    settings.add_argument("--steps", type=int, help="DPO optimizer steps")
-    settings.add_argument("--beta", type=float, help="Diffusion-DPO beta (loss uses beta/2; 5000 for SD1.5)")
-    settings.add_argument("--learning-rate", type=float, help="AdamW learning rate")
-    settings.add_argument("--batch-size", type=int, help="pairs per optimizer step")
-    settings.add_argument("--rank", type=int, help="rank of the trained LoRA (alpha = rank)")
-    settings.add_argument("--seed", type=int, help="seed of pairs and training")
-    settings.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), help="16-bit frozen weights")
-    settings.add_argument("--gradient-checkpointing", action="store_true", help="less memory, slower")
-    settings.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps, or auto (cuda when present)")
-    settings.add_argument("--dtype", default="float32", help="weights dtype: float32, float16 or bfloat16")
+    files.add_argument("--kinds", default="self,cross", help="pair kinds to train on (default self,cross)")
+    files.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps, or auto (cuda when present)")
+    files.add_argument("--dtype", default="float32", help="weights dtype: float32, float16 or bfloat16")
+    files.add_argument("--resolution", type=int, help="square pairs: sets --height and --width")
+    files.add_argument("--pair-config", default=None, help="PairConfig fields as a JSON file or inline JSON (flags win)")
+    files.add_argument("--dpo-config", default=None, help="DPOConfig fields as a JSON file or inline JSON (flags win)")
+    from ..preference.dpo import DPOConfig
+    from ..preference.pairs import PairConfig
+
+    add_config_flags(parser.add_argument_group("preference pairs (PairConfig)"), PairConfig, shared=[DPOConfig])
+    add_config_flags(parser.add_argument_group("Diffusion-DPO (DPOConfig)"), DPOConfig,
+                     skip=set(PairConfig.__dataclass_fields__), aliases={"lora_rank": "--rank"})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -123,19 +117,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def pair_settings(args: argparse.Namespace) -> dict:
-    settings = read_settings(args.pair_config, "--pair-config")
-    flags = {"prompt_pairs": args.prompt_pairs, "images_per_prompt": args.images_per_prompt,
-             "sample_steps": args.sample_steps, "min_margin": args.min_margin, "cross_pairs": args.cross_pairs,
-             "seed": args.seed, "height": args.resolution, "width": args.resolution}
-    return {**settings, **{k: v for k, v in flags.items() if v is not None}}
+    from ..preference.pairs import PairConfig
+
+    square = {"height": args.resolution, "width": args.resolution} if args.resolution else {}
+    return {**read_settings(args.pair_config, "--pair-config"), **square, **given_fields(args, PairConfig)}
 
 
 def dpo_settings(args: argparse.Namespace) -> dict:
-    settings = read_settings(args.dpo_config, "--dpo-config")
-    flags = {"steps": args.steps, "beta": args.beta, "learning_rate": args.learning_rate,
-             "batch_size": args.batch_size, "lora_rank": args.rank, "lora_alpha": args.rank, "seed": args.seed,
-             "mixed_precision": args.mixed_precision, "gradient_checkpointing": args.gradient_checkpointing or None}
-    return {**settings, **{k: v for k, v in flags.items() if v is not None}}
+    from ..preference.dpo import DPOConfig
+
+    return {**read_settings(args.dpo_config, "--dpo-config"), **given_fields(args, DPOConfig)}
 
 
 def read_settings(value: str | None, flag: str) -> dict:

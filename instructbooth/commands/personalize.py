@@ -16,58 +16,26 @@ import sys
 import time
 from pathlib import Path
 
+from .config_flags import add_config_flags, given_fields
+
 HELP = "Teach SD1.5 a subject from a few photos (DreamBooth LoRA)."
 
 
-def _default(name: str):
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..personalize import PersonalizeConfig
 
-    return getattr(PersonalizeConfig(), name)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--checkpoint", required=True, help="base SD1.5 checkpoint (.safetensors file or diffusers folder)")
     add("--images", required=True, nargs="+", help="a folder of subject photos, or image files (.txt beside = caption)")
     add("--output", required=True, help="LoRA file to write (.safetensors)")
-    subject = parser.add_argument_group("subject and prompts")
-    subject.add_argument("--identifier", default=_default("identifier"), help="rare token for the subject (default sks)")
-    subject.add_argument("--class-noun", default=_default("class_noun"), help="what the subject is (default plushie)")
-    subject.add_argument("--description", default="", help='detail for rare subjects, e.g. "with a blue star on its belly"')
-    subject.add_argument("--instance-template", default=_default("instance_template"), help="must contain {id}")
-    subject.add_argument("--class-template", default=_default("class_template"), help="prior-preservation prompt")
-    subject.add_argument("--no-captions", action="store_true", help="ignore .txt captions beside the images")
-    train = parser.add_argument_group("training")
-    for flag, name, kind in (("--rank", "rank", int), ("--alpha", "alpha", float), ("--steps", "steps", int),
-                             ("--batch-size", "batch_size", int), ("--learning-rate", "learning_rate", float),
-                             ("--warmup-steps", "warmup_steps", int), ("--resolution", "resolution", int),
-                             ("--seed", "seed", int)):
-        train.add_argument(flag, type=kind, default=_default(name), help=f"(default {_default(name)})")
-    train.add_argument("--train-text-encoder", action="store_true", help="LoRA on the text encoder too")
-    train.add_argument("--max-grad-norm", type=lambda v: None if v.lower() == "none" else float(v),
-                       default=_default("max_grad_norm"),
-                       help=f"gradient-norm clipping, 'none' for off (default {_default('max_grad_norm')})")
-    train.add_argument("--flip", action="store_true",
-                       help="random horizontal flips (off by default: they mirror asymmetric subjects)")
-    train.add_argument("--allow-upscale", action="store_true", help="accept photos much smaller than the resolution")
-    train.add_argument("--no-cache", action="store_true", help="re-encode images and prompts every step (slower)")
-    train.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
-    train.add_argument("--gradient-checkpointing", action="store_true", help="less memory, ~30%% slower")
-    prior = parser.add_argument_group("prior preservation")
-    prior.add_argument("--prior-preservation", action="store_true", help="add the class-image loss")
-    prior.add_argument("--prior-weight", type=float, default=_default("prior_weight"))
-    prior.add_argument("--class-images", default=None, help="folder of class images (missing ones generated there)")
-    prior.add_argument("--num-class-images", type=int, default=_default("num_class_images"))
-    prior.add_argument("--class-sample-steps", type=int, default=_default("class_sample_steps"),
-                       help=f"sampler steps per class image (default {_default('class_sample_steps')})")
-    prior.add_argument("--class-eta", type=float, default=_default("class_eta"),
-                       help=f"DDIM noise of class images, 0 = deterministic (default {_default('class_eta')})")
+    add("--class-images", default=None, help="prior preservation: folder of class images (missing ones generated there)")
+    add_config_flags(parser.add_argument_group("settings (PersonalizeConfig)"), PersonalizeConfig,
+                     skip=("validation_prompts",), aliases={"lora_rank": "--rank", "lora_alpha": "--alpha"})
     run_group = parser.add_argument_group("run")
+    run_group.add_argument("--validation-prompt", action="append", default=[],
+                           help="repeatable; a template with {id} {cls} {desc} sampled every --validation-every steps")
     run_group.add_argument("--checkpoint-dir", default=None, help="folder for resumable training checkpoints")
-    run_group.add_argument("--checkpoint-every", type=int, default=_default("checkpoint_every"))
     run_group.add_argument("--no-resume", action="store_true", help="start over, deleting old checkpoints")
-    run_group.add_argument("--validation-prompt", action="append", default=[], help="repeatable; may use {id} {cls}")
-    run_group.add_argument("--validation-every", type=int, default=0, help="steps between validation images")
     run_group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, or auto (cuda when present)")
     run_group.add_argument("--log-every", type=int, default=10, help="steps between progress lines")
 
@@ -75,19 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace):
     from ..personalize import PersonalizeConfig
 
-    return PersonalizeConfig(
-        identifier=args.identifier, class_noun=args.class_noun, description=args.description,
-        instance_template=args.instance_template, class_template=args.class_template, use_captions=not args.no_captions,
-        rank=args.rank, alpha=args.alpha, train_text_encoder=args.train_text_encoder, steps=args.steps,
-        max_grad_norm=args.max_grad_norm,
-        batch_size=args.batch_size, learning_rate=args.learning_rate, warmup_steps=args.warmup_steps,
-        resolution=args.resolution, flip=args.flip, allow_upscale=args.allow_upscale, cache=not args.no_cache,
-        prior_preservation=args.prior_preservation, prior_weight=args.prior_weight,
-        num_class_images=args.num_class_images, class_sample_steps=args.class_sample_steps,
-        class_eta=args.class_eta, mixed_precision=args.mixed_precision,
-        gradient_checkpointing=args.gradient_checkpointing, seed=args.seed, checkpoint_every=args.checkpoint_every,
-        validation_prompts=tuple(args.validation_prompt), validation_every=args.validation_every,
-    )
+    return PersonalizeConfig(**given_fields(args, PersonalizeConfig), validation_prompts=tuple(args.validation_prompt))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -112,10 +68,10 @@ def run(args: argparse.Namespace) -> int:
     check_run_inputs(args.checkpoint_dir, {"base checkpoint": args.checkpoint, "photos": images,
                                            "class images folder": f"path {args.class_images}"}, not args.no_resume)
     device = resolve_device(args.device)
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.mixed_precision, torch.float32)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
     components = load_checkpoint(args.checkpoint, dtype=dtype, device=device)  # LoRA stays fp32 regardless
     class_images = None
-    if args.prior_preservation and args.class_images:
+    if config.prior_preservation and args.class_images:
         class_images = fill_class_folder(components, config, Path(args.class_images))
     started = time.perf_counter()
 

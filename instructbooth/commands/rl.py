@@ -14,13 +14,11 @@ curve) go to the checkpoint folder, or `<output stem>_metrics/`. Several GPUs:
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import inspect
-import re
 import sys
 import time
-import typing
 from pathlib import Path
+
+from .config_flags import add_config_flags, given_fields
 
 HELP = "Make a personalized model follow instructions again (DDPO / RWR on a reward)."
 RANDOM_MODELS = ("tiny", "small-sd15")  # seeded random components, for smoke tests without a checkpoint
@@ -43,79 +41,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     subject.add_argument("--heldout", default="heldout", help="held-out set or .txt file; 'none' for no evaluation")
     subject.add_argument("--subject-images", help="folder of the subject photos (RWR's regulariser)")
     subject.add_argument("--subject-measure", help="reward spec scoring subject likeness (with --subject-threshold)")
-    _add_config_flags(parser.add_argument_group("RL settings (RLConfig)"))
+    from ..rl.config import RLConfig
+
+    add_config_flags(parser.add_argument_group("RL settings (RLConfig)"), RLConfig)
     run_group = parser.add_argument_group("run")
     run_group.add_argument("--checkpoint-dir", help="folder for per-epoch checkpoints and metrics (resumable)")
     run_group.add_argument("--no-resume", action="store_true", help="start over, deleting old checkpoints")
     run_group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, or auto (ignored under accelerate)")
 
 
-# --- RLConfig fields as flags -------------------------------------------------------------------
-
-
-def _config_fields():
-    from ..rl.config import RLConfig
-
-    hints = typing.get_type_hints(RLConfig)
-    return [(f, hints[f.name]) for f in dataclasses.fields(RLConfig)], _field_comments(RLConfig)
-
-
-def _field_comments(cls) -> dict[str, str]:
-    """`name -> comment` from the dataclass source: `name: type = default  # comment`, plus
-    the comment-only lines right below it (the reasons of the defaults)."""
-    try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):
-        return {}
-    field = re.compile(r"^\s+(\w+): [^=]+=[^#]*#\s*(.+)$")
-    more = re.compile(r"^\s+#\s+(.+)$")
-    comments, current = {}, None
-    for line in source.splitlines():
-        if (match := field.match(line)):
-            current = match.group(1)
-            comments[current] = match.group(2).strip()
-        elif current and (match := more.match(line)):
-            comments[current] += " " + match.group(1).strip()
-        else:
-            current = None
-    return comments
-
-
-def _add_config_flags(group) -> None:
-    fields, comments = _config_fields()
-    for field, hint in fields:
-        flag = "--" + field.name.replace("_", "-")
-        text = f"{comments.get(field.name, '')} (default {field.default})".replace("%", "%%")
-        kind = _boolean if hint is bool else _parser_for(hint)
-        group.add_argument(flag, type=kind, metavar="yes|no" if hint is bool else None, default=argparse.SUPPRESS,
-                           help=text)
-
-
-def _parser_for(hint):
-    text = str(hint)
-    if "tuple" in text:
-        kind = float if "float" in text else str
-        return lambda value: tuple(kind(part.strip()) for part in value.split(",") if part.strip())
-    base = float if "float" in text else int if "int" in text else str
-    if "None" in text:
-        return lambda value: None if value.lower() == "none" else base(value)
-    return base
-
-
-def _boolean(value: str) -> bool:
-    if value.lower() in ("yes", "true", "1", "on"):
-        return True
-    if value.lower() in ("no", "false", "0", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected yes or no, got {value!r}")
-
-
 def config_from_args(args: argparse.Namespace):
     from ..rl.config import RLConfig
 
-    fields, _ = _config_fields()
-    given = {f.name: getattr(args, f.name) for f, _ in fields if hasattr(args, f.name)}  # flags given
-    return RLConfig(**given)
+    return RLConfig(**given_fields(args, RLConfig))
 
 
 # --- the run --------------------------------------------------------------------------------------

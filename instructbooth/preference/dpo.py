@@ -35,7 +35,7 @@ from ..sampling import PromptEmbeddingCache
 from ..training import CheckpointStore, Precision, StepCallback, StepReport, adamw, check_resumable, guarded_step
 from ..training import gradient_checkpointing, learning_rate_at, noised, non_finite_problem, notify, per_sample_mse
 from ..training import require_finite_weights, restore_trainer_state, set_learning_rate, state_fingerprint
-from ..training import trainer_state, training_mode
+from ..training import precision_problem, trainer_state, training_mode
 from .dpo_loss import diffusion_dpo_loss, implicit_accuracy
 from .pairs import KINDS, PairStore, PreferencePair, derive_seed, lora_merged
 
@@ -61,7 +61,7 @@ class DPOConfig:
     max_grad_norm: float | None = 1.0  # gradient-norm clipping per step; None: off
     # --- LoRA (a new one, on top of the personalized LoRA)
     lora_rank: int = 8  # rank of the trained LoRA
-    lora_alpha: float = 8.0  # its scale = alpha / rank
+    lora_alpha: float | None = None  # its scale = alpha / rank; None: alpha = rank (scale 1)
     unet_targets: tuple[str, ...] = UNET_ATTENTION_TARGETS  # UNet layers that get the LoRA
     # --- evaluation on the training pairs
     eval_every: int = 100  # steps between implicit-accuracy evaluations (0: only before and after training)
@@ -81,6 +81,8 @@ class DPOConfig:
         problems = []
         if non_finite_problem(self):
             problems.append(non_finite_problem(self))
+        if precision_problem(self.mixed_precision):
+            problems.append(precision_problem(self.mixed_precision))
         if self.beta <= 0:
             problems.append(f"beta must be > 0, got {self.beta}")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
@@ -95,7 +97,7 @@ class DPOConfig:
             raise ValueError("invalid DPOConfig: " + "; ".join(problems))
 
     def lora_config(self) -> LoraConfig:
-        return LoraConfig(rank=self.lora_rank, alpha=self.lora_alpha, unet_targets=self.unet_targets)
+        return LoraConfig.of(self.lora_rank, self.lora_alpha, unet_targets=self.unet_targets)
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))

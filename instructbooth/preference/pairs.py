@@ -62,14 +62,14 @@ class PairConfig:
     eta: float = 1.0  # DDIM noise (1.0 = DDPM's variance; stochastic samplers give better images)
     height: int = 512  # image height in pixels
     width: int = 512  # image width in pixels
-    negative_prompt: str = ""
-    batch_size: int = 4  # images per sampling call (memory); each image has its own noise seed
+    negative_prompt: str = ""  # the unconditional branch's prompt
+    sample_batch_size: int = 4  # images per sampling call (memory); each image has its own noise seed
     min_margin: float = 0.25  # smallest reward difference that makes a pair (reward units; ImageReward's
     #                           are standardised: 1 = one standard deviation over typical images)
     self_pairs: bool = True  # keep each prompt's best-vs-worst pair
     cross_pairs: str = "both"  # "both": keep a cross pair's two directions only when the judge agrees both
     #                            ways; "each": keep each direction that holds on its own; "off"
-    identifier: bool = True  # with a subject, generate with its trigger phrase ("sks plushie"), else "a plushie"
+    use_identifier: bool = True  # with a subject, generate with its trigger phrase ("sks plushie"), else "a plushie"
     judge_plain: bool = True  # judge against the prompt without the identifier (a reward model does not know it)
     keep_all_images: bool = False  # save all K images as PNG, not only each prompt's best and worst
     seed: int = 0  # seeds the prompt-pair draw and every image's noise
@@ -78,8 +78,8 @@ class PairConfig:
         problems = []
         if non_finite_problem(self):
             problems.append(non_finite_problem(self))
-        if min(self.prompt_pairs, self.images_per_prompt, self.sample_steps, self.batch_size) < 1:
-            problems.append("prompt_pairs, images_per_prompt, sample_steps and batch_size must be >= 1")
+        if min(self.prompt_pairs, self.images_per_prompt, self.sample_steps, self.sample_batch_size) < 1:
+            problems.append("prompt_pairs, images_per_prompt, sample_steps and sample_batch_size must be >= 1")
         if self.cross_pairs not in CROSS_MODES:
             problems.append(f"cross_pairs must be one of {CROSS_MODES}, got {self.cross_pairs!r}")
         if not self.self_pairs and self.cross_pairs == "off":
@@ -210,7 +210,7 @@ def plan_prompts(prompt_pairs: Sequence[PromptPair], config: PairConfig, subject
                  default_subject: str = "a plushie") -> tuple[list[PlannedPrompt], list[Link]]:
     """The distinct prompts of `prompt_pairs` (first-seen order) and their links."""
     if subject is not None:
-        phrase = subject.trigger_phrase if config.identifier else subject.plain_phrase
+        phrase = subject.trigger_phrase if config.use_identifier else subject.plain_phrase
         judge_phrase = subject.plain_phrase if config.judge_plain else phrase
     else:
         phrase = judge_phrase = default_subject
@@ -489,8 +489,8 @@ def _pair(pair_id: str, kind: str, prompt: PlannedPrompt, winner: str, loser: st
 
 def _sample(run: _Run, text: str, seeds: list[int]) -> torch.Tensor:
     config, chunks = run.config, []
-    for start in range(0, len(seeds), config.batch_size):
-        part = seeds[start : start + config.batch_size]
+    for start in range(0, len(seeds), config.sample_batch_size):
+        part = seeds[start : start + config.sample_batch_size]
         images = sample_images(run.components, [text] * len(part), part, num_steps=config.sample_steps,
                                guidance=config.guidance, eta=config.eta, height=config.height, width=config.width,
                                negative_prompt=config.negative_prompt, embeddings=run.embeddings)

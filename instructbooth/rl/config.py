@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import ClassVar
 
 from ..lora import UNET_ATTENTION_TARGETS, LoraConfig
-from ..training import non_finite_problem
+from ..training import non_finite_problem, precision_problem
 from .rwr import WEIGHTINGS as RWR_WEIGHTINGS
 
 METHODS = ("ddpo", "rwr")
@@ -63,7 +63,7 @@ class RLConfig:
     max_grad_norm: float | None = 1.0  # gradient-norm clipping per optimizer step; None: off
     # --- LoRA
     lora_rank: int = 4  # rank of the new trainable LoRA (on top of the personalized one)
-    lora_alpha: float = 4.0  # its scale = alpha / rank
+    lora_alpha: float | None = None  # its scale = alpha / rank; None: alpha = rank (scale 1)
     unet_targets: tuple[str, ...] = UNET_ATTENTION_TARGETS  # UNet layers that get the new LoRA (attention: on every
     #   layer the demo's RL learned textures that fooled its reward)
     continue_base_lora: bool = False  # train the personalized LoRA itself instead of a new one on top
@@ -101,6 +101,8 @@ class RLConfig:
     def _value_problems(self):
         if non_finite_problem(self):
             yield non_finite_problem(self)
+        if precision_problem(self.mixed_precision):
+            yield precision_problem(self.mixed_precision)
         if self.method not in METHODS:
             yield f"method must be one of {METHODS}, got {self.method!r}"
         if self.advantage not in ADVANTAGE_MODES:
@@ -196,7 +198,7 @@ class RLConfig:
         return max(1, round(self.timestep_fraction * self.window_steps))
 
     def lora_config(self) -> LoraConfig:
-        return LoraConfig(rank=self.lora_rank, alpha=self.lora_alpha, unet_targets=tuple(self.unet_targets))
+        return LoraConfig.of(self.lora_rank, self.lora_alpha, unet_targets=tuple(self.unet_targets))
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))

@@ -13,6 +13,11 @@ import torch
 PRECISIONS = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def precision_problem(name: str) -> str:
+    """A sentence when `name` is not a mixed-precision mode, else "" (configs check it before any work)."""
+    return "" if name in PRECISIONS else f"mixed precision must be one of {sorted(PRECISIONS)}, got {name!r}"
+
+
 @dataclass
 class Precision:
     """Frozen weights in 16 bits, trainable parameters in fp32, math under autocast.
