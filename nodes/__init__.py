@@ -14,6 +14,7 @@ from . import bridge
 def node_classes() -> list[type[io.ComfyNode]]:
     """Every node of the pack; an import error here is a broken install and surfaces as one."""
     from .evaluation_nodes import Evaluate, EvaluationModelLoader
+    from .feedback_nodes import LearnedRewardLoader, LearnReward, LoadFeedback, SaveFeedback
     from .lora_loader import LoadInstructBoothLoRA
     from .personalize_node import Personalize
     from .preference_nodes import DPOAlign, PreferencePairs
@@ -21,7 +22,8 @@ def node_classes() -> list[type[io.ComfyNode]]:
     from .rl_node import RLFineTune
 
     return [Personalize, ImageRewardLoader, ImageRewardScore, ImageRewardBestOfN, RLFineTune, PreferencePairs, DPOAlign,
-            LoadInstructBoothLoRA, EvaluationModelLoader, Evaluate]
+            LoadInstructBoothLoRA, EvaluationModelLoader, Evaluate,
+            SaveFeedback, LoadFeedback, LearnReward, LearnedRewardLoader]
 
 
 class InstructBoothExtension(ComfyExtension):

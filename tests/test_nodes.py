@@ -12,7 +12,9 @@ from nodes_harness import loaded_pack, pack_module, reset_records, schema_info, 
 
 NODE_IDS = ["InstructBoothPersonalize", "InstructBoothImageRewardLoader", "InstructBoothImageRewardScore",
             "InstructBoothBestOfN", "InstructBoothRLFineTune", "InstructBoothPreferencePairs", "InstructBoothDPO",
-            "InstructBoothLoadLoRA", "InstructBoothEvaluationModelLoader", "InstructBoothEvaluate"]
+            "InstructBoothLoadLoRA", "InstructBoothEvaluationModelLoader", "InstructBoothEvaluate",
+            "InstructBoothSaveFeedback", "InstructBoothLoadFeedback", "InstructBoothLearnReward",
+            "InstructBoothLearnedRewardLoader"]
 
 
 @pytest.fixture(scope="module")
