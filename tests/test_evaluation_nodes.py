@@ -20,8 +20,10 @@ def pack(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def nodes(pack):
-    extension = asyncio.run(pack.comfy_entrypoint())
-    return {cls.define_schema().node_id: cls for cls in asyncio.run(extension.get_node_list())}
+    asyncio.run(pack.comfy_entrypoint())  # registers the model folders
+    module = pack_module("nodes.evaluation_nodes")
+    assert {module.EvaluationModelLoader, module.Evaluate} <= set(pack.nodes.node_classes())
+    return {cls.define_schema().node_id: cls for cls in (module.EvaluationModelLoader, module.Evaluate)}
 
 
 @pytest.fixture(scope="module")
