@@ -28,6 +28,7 @@ __all__ = [
     "TEXT_ATTENTION_TARGETS", "TEXT_MLP_TARGETS", "UNET_ALL_TARGETS", "UNET_ATTENTION_TARGETS", "UNET_EXTRA_TARGETS",
     "UNET_RESNET_TARGETS",
     "LoraConfig", "LoraError", "LoraLinear", "LoraMetadata", "apply_lora", "find_unknown_modules", "inject_lora",
+    "lora_merged",
     "load_lora", "load_lora_state", "lora_disabled", "lora_parameters", "lora_state_dict", "merge_lora_states",
     "read_lora_metadata", "remove_lora", "save_lora",
 ]
@@ -301,7 +302,42 @@ def apply_lora(
 
     weight += scale * (alpha / rank) * up @ down for every module (into the base layer
     of an injected LoraLinear, if any). Returns the number of patched modules. Raises
-    LoraError for unknown modules or shapes that do not fit, before changing anything."""
+    LoraError for unknown modules or shapes that do not fit, before changing anything.
+    To merge for a while and undo exactly, use `lora_merged`."""
+    deltas = _lora_deltas(components, state, unet_scale, text_scale)
+    with torch.no_grad():
+        for layer, delta in deltas:
+            layer.weight.add_(delta.to(layer.weight.device, layer.weight.dtype))
+    return len(deltas)
+
+
+@contextlib.contextmanager
+def lora_merged(components: SDComponents, state: Mapping[str, torch.Tensor] | None, scale: float = 1.0
+                ) -> Iterator[None]:
+    """Within the block `state` is merged into the weights (times `scale`); afterwards the layers
+    it patched hold their old weights again, bit for bit. The one way every stage stacks a LoRA
+    on the model for a while: RL and DPO train on top of the personalized LoRA, preference pairs
+    and evaluations sample with it. Blocks nest (undone in reverse order); LoRA injected inside
+    the block may stay injected, it wraps the same layers."""
+    if not state:
+        yield
+        return
+    deltas = _lora_deltas(components, state, scale, scale)
+    saved = [(layer, layer.weight.detach().clone()) for layer, _ in deltas]
+    with torch.no_grad():
+        for layer, delta in deltas:
+            layer.weight.add_(delta.to(layer.weight.device, layer.weight.dtype))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for layer, weight in saved:
+                layer.weight.copy_(weight)
+
+
+def _lora_deltas(components: SDComponents, state: Mapping[str, torch.Tensor], unet_scale: float,
+                 text_scale: float) -> list[tuple[nn.Module, torch.Tensor]]:
+    """(layer, its weight change) for every module of `state`; LoraError before any change."""
     known = kohya_module_map(components.unet, components.text_encoder, LoraLinear)
     groups = group_by_module(state)
     unknown = sorted(groups.keys() - known.keys())
@@ -314,10 +350,7 @@ def apply_lora(
         layer = layers[part][path]
         scale = unet_scale if part == "unet" else text_scale
         deltas.append((layer, scale * module_delta(name, tensors, tuple(layer.weight.shape))))
-    with torch.no_grad():
-        for layer, delta in deltas:
-            layer.weight.add_(delta.to(layer.weight.device, layer.weight.dtype))
-    return len(deltas)
+    return deltas
 
 
 def _named_layers(components: SDComponents) -> dict[str, dict[str, nn.Module]]:

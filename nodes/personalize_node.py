@@ -45,7 +45,7 @@ class Personalize(io.ComfyNode):
                              tooltip="Optimizer steps; 400-800 suits 3-10 photos at the default learning rate."),
                 io.Float.Input("learning_rate", default=DEFAULTS.learning_rate, min=1e-7, max=1e-2, step=1e-6,
                                round=1e-7, tooltip="AdamW learning rate of the LoRA."),
-                io.Int.Input("rank", default=DEFAULTS.rank, min=1, max=128,
+                io.Int.Input("lora_rank", default=DEFAULTS.lora_rank, min=1, max=128,
                              tooltip="LoRA rank (size); 4-16 is typical for one subject. Alpha equals the rank."),
                 io.Int.Input("resolution", default=DEFAULTS.resolution, min=64, max=2048, step=64,
                              tooltip="Training image side in pixels (512 for SD1.5)."),
@@ -137,7 +137,7 @@ def _train(state, model, images, class_images, config: PersonalizeConfig, run: R
 def _config(values: dict) -> PersonalizeConfig:
     return PersonalizeConfig(
         identifier=values["identifier"].strip(), class_noun=values["class_noun"].strip(),
-        description=values["description"].strip(), lora_rank=values["rank"],
+        description=values["description"].strip(), lora_rank=values["lora_rank"],
         steps=values["steps"], batch_size=values["batch_size"], learning_rate=values["learning_rate"],
         resolution=values["resolution"], flip=values["flip"], train_text_encoder=values["train_text_encoder"],
         prior_preservation=values["prior_preservation"], num_class_images=values["num_class_images"],

@@ -26,6 +26,7 @@ from instructbooth.lora import (
     load_lora,
     load_lora_state,
     lora_disabled,
+    lora_merged,
     lora_parameters,
     lora_state_dict,
     merge_lora_states,
@@ -145,6 +146,39 @@ def test_injected_lora_equals_applied_lora(injected):
     merged_unet, merged_text = outputs(base)
     torch.testing.assert_close(merged_unet, lora_unet, atol=1e-5, rtol=0)
     torch.testing.assert_close(merged_text, lora_text, atol=1e-5, rtol=0)
+
+
+def weights(parts) -> dict[str, torch.Tensor]:
+    return {f"{name}.{k}": v.clone() for name in ("unet", "text_encoder")
+            for k, v in getattr(parts, name).state_dict().items()}
+
+
+def test_lora_merged_stacks_for_a_while_and_restores_exactly_also_nested_and_under_injection(tiny):
+    personal = trained_state(1, LoraConfig(rank=4, alpha=8.0, text_targets=ALL_TEXT))
+    second = trained_state(2, LoraConfig(rank=2, alpha=2.0))
+    before = weights(tiny)
+    base_unet, _ = outputs(tiny)
+    with lora_merged(tiny, personal):
+        merged_unet, _ = outputs(tiny)
+        reference = tiny_components(seed=0)
+        apply_lora(reference, personal)
+        torch.testing.assert_close(merged_unet, outputs(reference)[0], atol=0, rtol=0)  # the same merge
+        with lora_merged(tiny, second, scale=0.5):
+            assert not torch.equal(outputs(tiny)[0], merged_unet)
+        torch.testing.assert_close(outputs(tiny)[0], merged_unet, atol=0, rtol=0)
+        inject_lora(tiny, LoraConfig(rank=2), seed=0)  # RL and DPO train a LoRA on top inside the block
+        randomize_up(tiny)
+    remove_lora(tiny)
+    after = weights(tiny)
+    assert all(torch.equal(after[k], before[k]) for k in before)  # bit for bit, not up to rounding
+    assert (merged_unet - base_unet).abs().max() > 1e-3
+    with lora_merged(tiny, None):  # nothing to stack
+        pass
+    with pytest.raises(LoraError, match="match no layer"):
+        with lora_merged(tiny, {"lora_unet_nowhere.lora_down.weight": torch.zeros(1, 1),
+                                "lora_unet_nowhere.lora_up.weight": torch.zeros(1, 1)}):
+            pass
+    assert all(torch.equal(v, before[k]) for k, v in weights(tiny).items())
 
 
 def test_apply_scales_unet_and_text_separately(injected):

@@ -60,7 +60,7 @@ def scorer(pack, shared_fixtures):
 
 def personalize_inputs(model, clip, vae, images, **changes) -> dict:
     settings = dict(identifier="sks", class_noun="plushie", description="", lora_name="ib/sks", steps=3,
-                    learning_rate=1e-3, rank=2, resolution=32, batch_size=1, train_text_encoder=False,
+                    learning_rate=1e-3, lora_rank=2, resolution=32, batch_size=1, train_text_encoder=False,
                     prior_preservation=False, num_class_images=2, mixed_precision="no", gradient_checkpointing=False,
                     seed=0, checkpoint_every=0, preview_every=0, flip=False)
     settings.update(changes)

@@ -39,7 +39,7 @@ from PIL import Image
 
 from ..components import SDComponents
 from ..files import write_json
-from ..lora import UNET_ALL_TARGETS, UNET_ATTENTION_TARGETS, apply_lora, save_lora
+from ..lora import UNET_ALL_TARGETS, UNET_ATTENTION_TARGETS, lora_merged, save_lora
 from ..personalize import PersonalizeConfig, PersonalizeResult, personalize
 from ..prompts import RLPrompts, Subject
 from ..rl.config import RLConfig
@@ -263,22 +263,6 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     """[3, H, W] in [0, 1] -> RGB PIL image."""
     array = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
     return Image.fromarray(array)
-
-
-@contextlib.contextmanager
-def lora_applied(components: SDComponents, state: Mapping[str, torch.Tensor] | None) -> Iterator[SDComponents]:
-    """Within the block the LoRA is merged into the weights; afterwards they are restored exactly."""
-    if not state:
-        yield components
-        return
-    modules = (components.unet, components.text_encoder)
-    saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in modules]
-    apply_lora(components, state)
-    try:
-        yield components
-    finally:
-        for module, weights in zip(modules, saved):
-            module.load_state_dict(weights)
 
 
 # --- prompts: where the subject goes, and scores -----------------------------------------------
@@ -621,13 +605,13 @@ def run_demo(config: DemoConfig = DemoConfig(), out_dir: str | Path = "instructb
     with clock.stage("personalize"):
         dreambooth = personalize_subject(components, out / "reference", config, clock.log, out / PERSONALIZE_DIR)
     save_lora(out / "dreambooth.safetensors", dreambooth.lora_state, dreambooth.metadata)
-    with clock.stage("evaluate dreambooth"), lora_applied(components, dreambooth.lora_state):
+    with clock.stage("evaluate dreambooth"), lora_merged(components, dreambooth.lora_state):
         evaluations["dreambooth"] = evaluate_model(components, "identifier", config)
     clock.log("DreamBooth: " + _summary_line(evaluations["dreambooth"]))
     with clock.stage("rl"):
         rl = instruct(components, dreambooth.lora_state, reference, config, out / RL_DIR, clock.log, resume=resuming)
     save_lora(out / "instructbooth.safetensors", rl.lora_state, rl.metadata)
-    with clock.stage("evaluate instructbooth"), lora_applied(components, rl.lora_state):
+    with clock.stage("evaluate instructbooth"), lora_merged(components, rl.lora_state):
         evaluations["instructbooth"] = evaluate_model(components, "identifier", config)
     clock.log("InstructBooth: " + _summary_line(evaluations["instructbooth"]))
     metrics = demo_metrics(config, evaluations, dreambooth, rl, clock)

@@ -223,7 +223,7 @@ def report_blocks(metrics: dict, grids: dict[str, list[str]], reference_count: i
         Block("h2", "Settings and time"),
         Block("list", items=(
             f"DreamBooth: {personalize['steps']} steps, batch {personalize['batch_size']}, "
-            f"learning rate {personalize['learning_rate']:g}, LoRA rank {personalize['rank']}; "
+            f"learning rate {personalize['learning_rate']:g}, LoRA rank {personalize['lora_rank']}; "
             f"description \"{personalize['description']}\"",
             f"RL: {rl['method']}, {rl['epochs']} epochs of {rl['sample_batch_size'] * rl['sample_batches']} samples, "
             f"{rl['sample_steps']} sampler steps, guidance {rl['guidance']:g}, learning rate {rl['learning_rate']:g}, "

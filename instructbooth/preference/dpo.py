@@ -29,7 +29,7 @@ from ..components import SDComponents
 from ..encoding import encode_images, latent_shape
 from ..files import write_json
 from ..lora import UNET_ATTENTION_TARGETS, LoraConfig, LoraMetadata, inject_lora, load_lora_state, lora_disabled
-from ..lora import lora_state_dict, merge_lora_states, remove_lora, save_lora
+from ..lora import lora_merged, lora_state_dict, merge_lora_states, remove_lora, save_lora
 from ..prompts import Subject
 from ..sampling import PromptEmbeddingCache
 from ..training import CheckpointStore, Precision, StepCallback, StepReport, adamw, check_resumable, guarded_step
@@ -37,7 +37,7 @@ from ..training import gradient_checkpointing, learning_rate_at, noised, non_fin
 from ..training import require_finite_weights, restore_trainer_state, set_learning_rate, state_fingerprint
 from ..training import precision_problem, trainer_state, training_mode
 from .dpo_loss import diffusion_dpo_loss, implicit_accuracy
-from .pairs import KINDS, PairStore, PreferencePair, derive_seed, lora_merged
+from .pairs import KINDS, PairStore, PreferencePair, derive_seed
 
 State = dict[str, torch.Tensor]
 

@@ -25,19 +25,18 @@ before they are judged, so what is judged is exactly what the PNG holds.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from ..components import SDComponents
 from ..files import atomic_write, write_json, write_text
-from ..lora import apply_lora
+from ..lora import lora_merged
 from ..prompts import Subject
 from ..sampling import PromptEmbeddingCache, sample_images
 from ..training import non_finite_problem, notify, state_fingerprint
@@ -325,19 +324,6 @@ def quantize(images: torch.Tensor) -> torch.Tensor:
 
 
 # --- building --------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def lora_merged(components: SDComponents, state: Mapping[str, torch.Tensor] | None) -> Iterator[None]:
-    """Within the block `state` is merged into the weights (undone after, up to float rounding)."""
-    if not state:
-        yield
-        return
-    apply_lora(components, state)
-    try:
-        yield
-    finally:
-        apply_lora(components, state, -1.0, -1.0)
 
 
 @dataclass

@@ -25,10 +25,10 @@ from ..lora import (
     UNET_ALL_TARGETS,
     LoraConfig,
     LoraError,
-    apply_lora,
     inject_lora,
     load_lora_state,
     lora_disabled,
+    lora_merged,
     lora_parameters,
     lora_state_dict,
     merge_lora_states,
@@ -48,6 +48,7 @@ class Policy:
     params: list[torch.nn.Parameter]  # trained, in a fixed order (UNet LoRA, down before up)
     base_lora: State | None  # the personalized LoRA
     merged_base: bool  # base_lora was merged into the weights (and is unmerged on release)
+    _undo: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)
     _released: bool = field(default=False, repr=False)
 
     @classmethod
@@ -60,15 +61,14 @@ class Policy:
             inject_lora(components, lora_config_of(base), seed=config.seed)
             load_lora_state(components, base)
             return cls(components, unet_lora_parameters(components), base, merged_base=False)
-        if base is not None:
-            apply_lora(components, base)
+        undo = contextlib.ExitStack()
+        undo.enter_context(lora_merged(components, base))
         try:
             inject_lora(components, config.lora_config(), seed=config.seed)
         except Exception:
-            if base is not None:
-                apply_lora(components, base, -1.0, -1.0)
+            undo.close()
             raise
-        return cls(components, unet_lora_parameters(components), base, merged_base=base is not None)
+        return cls(components, unet_lora_parameters(components), base, base is not None, undo)
 
     def trained_state(self) -> State:
         """The injected LoRA as a kohya state (float32 CPU copies)."""
@@ -92,13 +92,12 @@ class Policy:
             yield
 
     def release(self) -> None:
-        """Removes the LoRA and unmerges the personalized one (up to float rounding)."""
-        if self._released:
-            return
-        self._released = True
-        remove_lora(self.components)
-        if self.merged_base:
-            apply_lora(self.components, self.base_lora, -1.0, -1.0)
+        """Removes the LoRA and gives the layers the personalized one patched their old weights
+        (`lora.lora_merged`); a second call does nothing."""
+        if not self._released:
+            self._released = True
+            remove_lora(self.components)
+            self._undo.close()
 
 
 def unet_lora_parameters(components: SDComponents) -> list[torch.nn.Parameter]:
