@@ -13,7 +13,8 @@ from evaluation_models import pictures, tiny_clip_folder, tiny_dino_folder
 from PIL import Image
 
 from instructbooth.cli import main
-from instructbooth.commands.evaluate import load_prompts, lora_applied
+from instructbooth.commands.evaluate import load_prompts
+from instructbooth.lora import lora_merged
 from instructbooth.components import tiny_components
 from instructbooth.evaluation import load_clip, load_dino
 from instructbooth.evaluation.scoring import scoring_text
@@ -93,13 +94,13 @@ def test_the_same_command_makes_the_same_images(setup, tmp_path):
         assert (tmp_path / "a" / record["file"]).read_bytes() == (tmp_path / "b" / record["file"]).read_bytes()
 
 
-def test_lora_applied_restores_the_weights_bit_for_bit(setup):
+def test_a_lora_under_evaluation_is_undone_bit_for_bit(setup):
     from instructbooth.lora import load_lora
 
     parts = tiny_components(0)
     before = {k: v.clone() for k, v in parts.unet.state_dict().items()}
     state, _ = load_lora(setup["dreambooth"])
-    with lora_applied(parts, state, 1.0):
+    with lora_merged(parts, state, 1.0):
         assert any(not torch.equal(before[k], v) for k, v in parts.unet.state_dict().items())
     assert all(torch.equal(before[k], v) for k, v in parts.unet.state_dict().items())
 

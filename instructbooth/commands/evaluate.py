@@ -15,7 +15,6 @@ the class noun for scoring. Writes images/<label>/*.png, report.json, report.md 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import re
 from pathlib import Path
@@ -139,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
     scorer = SubjectScorer(references, *_metric_models(args, device))  # wrong weights fail before sampling
     print(f"evaluating {len(models)} models x {len(templates)} prompts x {args.num_images} images "
           f"({', '.join(scorer.metrics)}) for {subject.trigger_phrase}")
+    from ..lora import lora_merged
     from .generate import _load_components
 
     components = _load_components(args, device)
@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     records = []
     for label, path, scale in models:
         state = loras[label][0][0] if path else None
-        with lora_applied(components, state, scale):
+        with lora_merged(components, state, scale):
             records += _evaluate_model(args, components, scorer, label, templates, subject, folder)
     report = _report(args, models, subject, scorer.metrics, records)
     written = _write(folder, report)
@@ -196,30 +196,6 @@ def _metric_models(args: argparse.Namespace, device):
 
         reward = load_reward(f"imagereward:{args.image_reward}", device=device)
     return clip, dino, reward
-
-
-@contextlib.contextmanager
-def lora_applied(components, state, scale: float):
-    """The LoRA merged into the weights inside the block; the patched weights restored after."""
-    if state is None:
-        yield
-        return
-    from ..lora import apply_lora
-    from ..lora_keys import group_by_module, kohya_module_map
-
-    known = kohya_module_map(components.unet, components.text_encoder)
-    layers = [getattr(components, part).get_submodule(path) for name, (part, path) in known.items()
-              if name in group_by_module(state)]
-    saved = [layer.weight.detach().clone() for layer in layers]
-    apply_lora(components, state, unet_scale=scale, text_scale=scale)
-    try:
-        yield
-    finally:
-        import torch
-
-        with torch.no_grad():
-            for layer, weight in zip(layers, saved):
-                layer.weight.copy_(weight)
 
 
 def _evaluate_model(args, components, scorer, label, templates, subject, folder: Path) -> list[dict]:
