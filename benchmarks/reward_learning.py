@@ -52,6 +52,7 @@ from instructbooth.reward_learning import (  # noqa: E402
 
 VARIANTS = {  # name -> (what, config changes)
     "labels_only": ("MSE to the labels only (λ = 0)", {"lam": 0.0}),
+    "with_aux_small": ("+ prompt classification, good images (λ = 0.1)", {"lam": 0.1}),
     "with_aux": ("+ prompt classification, good images (λ = 0.5)", {"lam": 0.5}),
     "with_aux_all": ("+ prompt classification, every image (λ = 0.5)", {"lam": 0.5, "aux_on": "all"}),
 }
@@ -91,6 +92,18 @@ def best_of_n(scores: torch.Tensor, good: torch.Tensor, share: torch.Tensor, gro
     return result
 
 
+def within_prompt_pair_accuracy(scores: torch.Tensor, share: torch.Tensor, groups: torch.Tensor) -> float:
+    """Over pairs of images of the same prompt whose checker alignment differs: the share the
+    reward orders the same way (0.5 = chance). This is what best-of-N needs."""
+    agree, total = 0.0, 0
+    for group in groups:
+        s, a = scores[group], share[group]
+        differ = a[:, None] != a[None]
+        agree += float(((s[:, None] > s[None]) == (a[:, None] > a[None]))[differ].sum())
+        total += int(differ.sum())
+    return agree / total if total else float("nan")
+
+
 def run_seed(model, backbone: DemoBackbone, seed: int, args) -> dict:
     start = time.time()
     seen_prompts = [c for c in captions("train") for _ in range(args.per_seen)]
@@ -111,9 +124,11 @@ def run_seed(model, backbone: DemoBackbone, seed: int, args) -> dict:
         trained = train_reward_head(seen_features, seen_valid, seen_good, config, backbone.image_feature_size)
         reward = LearnedReward(trained.head, backbone)
         scores = reward(unseen_images, unseen_prompts)  # through the reward protocol
+        unseen = evaluate_head(trained.head, unseen_features, unseen_valid, unseen_good)
+        unseen["within_prompt_pairs"] = within_prompt_pair_accuracy(scores, unseen_share, groups)
         record["variants"][name] = {
             "seen": trained.metrics["validation"],
-            "unseen": evaluate_head(trained.head, unseen_features, unseen_valid, unseen_good),
+            "unseen": unseen,
             "best_of_n": best_of_n(scores, unseen_good, unseen_share, groups, torch.Generator().manual_seed(seed)),
         }
     record["seconds"] = round(time.time() - start, 1)
@@ -131,7 +146,7 @@ def summarise(records: list[dict]) -> dict:
     for name in VARIANTS:
         entry = summary.setdefault(name, {})
         for split in ("seen", "unseen"):
-            for metric in (*METRICS, "prompt_accuracy"):
+            for metric in (*METRICS, "prompt_accuracy", "within_prompt_pairs"):
                 values = [r["variants"][name][split].get(metric, float("nan")) for r in records]
                 entry[f"{split}_{metric}"] = mean_se(values)
         for pick in ("learned", "random", "oracle", "base"):
@@ -147,12 +162,12 @@ def fmt(pair: tuple[float, float]) -> str:
 
 def tables(summary: dict, n: int) -> str:
     lines = ["| Reward | seen acc | seen bal. acc | seen AUC | unseen acc | unseen bal. acc | unseen AUC | "
-             "unseen Brier | unseen ECE |", "|---|---|---|---|---|---|---|---|---|"]
+             "unseen Brier | unseen ECE | unseen within-prompt pairs |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, (what, _) in VARIANTS.items():
         s = summary[name]
         lines.append(f"| {what} | " + " | ".join(fmt(s[k]) for k in (
             "seen_accuracy", "seen_balanced_accuracy", "seen_auc", "unseen_accuracy", "unseen_balanced_accuracy",
-            "unseen_auc", "unseen_brier", "unseen_ece")) + " |")
+            "unseen_auc", "unseen_brier", "unseen_ece", "unseen_within_prompt_pairs")) + " |")
     lines += ["", f"| Best-of-{n} on held-out captions (exact checker) | every attribute right | alignment |",
               "|---|---|---|"]
     first = summary[next(iter(VARIANTS))]

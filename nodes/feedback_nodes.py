@@ -56,7 +56,7 @@ class SaveFeedback(io.ComfyNode):
         return io.Schema(
             node_id="InstructBoothSaveFeedback",
             display_name="Save Feedback (good / bad)",
-            category="InstructBooth/feedback",
+            category="InstructBooth",
             description="Shows a batch; type a label per image and queue again to save each image with the prompt "
             "into output/<folder>/good or bad (the prompt beside it as a .txt). Learn a reward from the folder "
             "with Learn Reward from Feedback.",
@@ -95,7 +95,7 @@ class LoadFeedback(io.ComfyNode):
         return io.Schema(
             node_id="InstructBoothLoadFeedback",
             display_name="Load Feedback Folder",
-            category="InstructBooth/feedback",
+            category="InstructBooth",
             description="Reads a feedback folder (good/ and bad/ with a .txt prompt beside each image) from the "
             "output directory, for Learn Reward from Feedback.",
             inputs=[io.String.Input("folder", default="instructbooth_feedback",
@@ -133,7 +133,7 @@ class LearnReward(io.ComfyNode):
         return io.Schema(
             node_id="InstructBoothLearnReward",
             display_name="Learn Reward from Feedback",
-            category="InstructBooth/feedback",
+            category="InstructBooth",
             description="Trains a small head on ImageReward's frozen image-text features to predict your good/bad "
             "labels, with Lee et al.'s prompt-classification loss over perturbed prompts. The result plugs into "
             "every image_reward input (Score, Best-of-N, RL, Preference Pairs) and is saved to "
@@ -186,7 +186,7 @@ class LearnedRewardLoader(io.ComfyNode):
         return io.Schema(
             node_id="InstructBoothLearnedRewardLoader",
             display_name="Load Learned Reward",
-            category="InstructBooth/feedback",
+            category="InstructBooth",
             description=f"Loads a learned reward from output/{LEARNED_FOLDER} onto the ImageReward it was trained on.",
             inputs=[
                 IMAGE_REWARD.Input("image_reward", tooltip="From ImageReward Loader: the same weights it was trained on."),

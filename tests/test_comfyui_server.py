@@ -29,7 +29,9 @@ from workflow_graphs import workflow_path
 
 NODE_IDS = ["InstructBoothPersonalize", "InstructBoothImageRewardLoader", "InstructBoothImageRewardScore",
             "InstructBoothBestOfN", "InstructBoothRLFineTune", "InstructBoothPreferencePairs", "InstructBoothDPO",
-            "InstructBoothLoadLoRA", "InstructBoothEvaluationModelLoader", "InstructBoothEvaluate"]
+            "InstructBoothLoadLoRA", "InstructBoothEvaluationModelLoader", "InstructBoothEvaluate",
+            "InstructBoothSaveFeedback", "InstructBoothLoadFeedback", "InstructBoothLearnReward",
+            "InstructBoothLearnedRewardLoader"]
 CHECKPOINT, REWARD, CONTROLNET = "sd15_small.safetensors", "tiny.safetensors", "tiny_controlnet.safetensors"
 SUBJECT = "instructbooth_subject"
 TINY_PERSONALIZE = dict(steps=3, resolution=64, mixed_precision="no", gradient_checkpointing=False, preview_every=0,
@@ -199,6 +201,21 @@ def test_object_info_lists_our_nodes_as_the_stand_ins_declare_them(server, ours)
             for key in ("default", "min", "max", "tooltip"):
                 assert live_options.get(key) == declared_options.get(key), f"{name}.{field}.{key}"
             assert bool(live_options.get("multiline")) == bool(declared_options.get("multiline")), f"{name}.{field}"
+
+
+def test_feedback_nodes_are_listed_and_save_a_labelled_batch(server, base):
+    info = server.get("/object_info")
+    assert info["InstructBoothLearnReward"]["output"] == ["IMAGE_REWARD", "STRING"]
+    assert info["InstructBoothLoadFeedback"]["output"] == ["INSTRUCTBOOTH_FEEDBACK", "STRING"]
+    assert info["InstructBoothLearnedRewardLoader"]["output"] == ["IMAGE_REWARD"]
+    prompt = {"1": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 16, "batch_size": 3, "color": 255}},
+              "2": {"class_type": "InstructBoothSaveFeedback",
+                    "inputs": {"images": ["1", 0], "prompt": "a blue square", "labels": "gbs", "folder": "fb_server"}}}
+    server.run(prompt, timeout=60)
+    folder = base / "output" / "fb_server"
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.*")) == [
+        "bad/00002.png", "bad/00002.txt", "good/00001.png", "good/00001.txt"]
+    assert (folder / "good" / "00001.txt").read_text() == "a blue square\n"
 
 
 def test_the_log_shows_the_pack_imported_without_errors(server):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -244,3 +245,27 @@ def test_learn_and_load_nodes_give_an_image_reward_the_score_node_takes(tmp_path
         assert loaded.score(bhwc, "a red ball").tolist() == pytest.approx(scores, abs=1e-6)
         with pytest.raises(ValueError, match="needs the ImageReward model itself"):
             feedback_nodes.LearnReward.execute(items, learned, "x", 0.5, 3, 2, 0.2, 0)
+
+
+def test_demo_backbone_features_and_a_demo_learned_reward_load_by_spec(tmp_path):
+    from instructbooth.demo.reward_features import DemoBackbone
+    from instructbooth.demo.world import draw_scene, parse_caption
+
+    backbone = DemoBackbone.shipped()
+    assert (backbone.image_feature_size, backbone.feature_size) == (176, 240)
+    generator = np.random.default_rng(0)
+    prompts = ["two red circles on a black background", "one blue square on a white background"] * 4
+    right = torch.from_numpy(np.stack([draw_scene(parse_caption(p), generator) for p in prompts]))
+    wrong = torch.from_numpy(np.stack([draw_scene(parse_caption(p.replace("red", "green").replace("blue", "yellow")),
+                                                  generator) for p in prompts]))
+    images, labels = torch.cat([right, wrong]), torch.tensor([1.0] * 8 + [0.0] * 8)
+    candidates = [[p, p.replace("two", "three")] for p in prompts * 2]
+    features, valid = backbone.pair_features(images, candidates)
+    assert features.shape == (16, 2, 240)
+    assert torch.equal(features[0, 0, :176], features[0, 1, :176])  # one image feature for both prompts
+    config = RewardTrainConfig(epochs=60, batch_size=8, validation_fraction=0.0, num_prompts=2)
+    result = train_reward_head(features, valid, labels, config, backbone.image_feature_size)
+    path = save_learned_reward(tmp_path / "demo.safetensors", result.head, backbone, config, result.metrics)
+    reward = load_reward(f"learned:{path}")  # kind "demo": the shipped demo model is the backbone
+    scores = reward(images, prompts * 2, None)
+    assert float(scores[:8].min()) > float(scores[8:].max())
