@@ -19,6 +19,7 @@ from ..instructbooth.rl.metrics import draw_reward_curve
 from ..instructbooth.training import state_fingerprint
 from ..instructbooth.rl.trainer import train_rl
 from . import bridge
+from .evaluation_nodes import EVALUATION_MODEL
 from .reward_nodes import IMAGE_REWARD
 from .runs import RunFolder, fingerprint_images, fingerprint_tensors, run_key, without
 
@@ -109,6 +110,13 @@ class RLFineTune(io.ComfyNode):
                 io.String.Input("lora_name", default="instructbooth/sks_plushie_rl",
                                 tooltip="File name of the result in models/loras (personalized + RL in one file)."),
                 LORA_MODEL.Input("lora", optional=True, tooltip="The subject LoRA from Personalize (its 'lora' output)."),
+                EVALUATION_MODEL.Input("subject_measure", optional=True,
+                                       tooltip="DINO (or CLIP) from 'Load CLIP / DINO for Evaluation': each epoch, "
+                                       "the likeness of identifier samples to subject_images is logged and drawn; "
+                                       "with subject_threshold it stops the run before the subject is lost."),
+                io.Float.Input("subject_threshold", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Stop (keeping the LoRA of the epoch before) when the subject measure falls "
+                               "below this; 0 = never. DINO of a well-kept subject is typically 0.5-0.7."),
                 io.Image.Input("subject_images", optional=True,
                                tooltip="The personalization photos (a batch), for rwr's subject regulariser."),
             ],
@@ -136,8 +144,9 @@ class RLFineTune(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, vae, image_reward, prompts, identifier, class_noun, description, lora_name,
-                lora=None, subject_images=None, **settings) -> io.NodeOutput:
+                lora=None, subject_images=None, subject_measure=None, **settings) -> io.NodeOutput:
         config = _config(settings)
+        measure = _subject_measure(subject_measure, subject_images)
         subject = Subject(identifier.strip(), class_noun.strip(), description.strip())
         prompt_set = RLPrompts(tuple(prompt_templates(prompts)), subject)
         lora_path = bridge.output_path_in_folder("loras", lora_name)
@@ -151,6 +160,7 @@ class RLFineTune(io.ComfyNode):
             reward=fingerprint_tensors(image_reward.model.state_dict()), prompts=prompt_set.templates,
             subject=[subject.identifier, subject.class_noun, subject.description],
             subject_images=fingerprint_images([subject_images]) if subject_images is not None else None,
+            subject_measure=fingerprint_tensors(subject_measure.model.state_dict()) if measure else None,
             settings=without(config.to_dict(), config.RUN_CONTROL)))
         if run.is_finished():
             bridge.log.info("InstructBooth RL: reusing the finished run in %s", run.path)
@@ -159,7 +169,8 @@ class RLFineTune(io.ComfyNode):
                 bridge.log.info("InstructBooth RL: resuming from the checkpoints in %s", run.path)
             else:
                 bridge.log.info("InstructBooth RL: training %d epochs in %s", config.epochs, run.path)
-            _train(bridge.trainable_copy(state), model, image_reward, prompt_set, config, lora, subject_images, run)
+            _train(bridge.trainable_copy(state), model, image_reward, prompt_set, config, lora, subject_images, measure,
+                   run)
         tuned, metadata = load_lora(run.result_path)
         metadata = bridge.with_base_weights(metadata, weights)
         history = run.read_json("metrics.json", {}).get("epochs", [])
@@ -170,7 +181,7 @@ class RLFineTune(io.ComfyNode):
         return io.NodeOutput(model, clip, tuned, {"loss": rewards, "reward": rewards}, curve)
 
 
-def _train(state, model, image_reward, prompts, config, base_lora, subject_images, run: RunFolder) -> None:
+def _train(state, model, image_reward, prompts, config, base_lora, subject_images, measure, run: RunFolder) -> None:
     """Trains (or resumes) in the run folder and writes the one-file LoRA there; raises on cancel."""
 
     def reward(images, prompt_texts, metadata):  # cancel also between sampling batches
@@ -183,7 +194,7 @@ def _train(state, model, image_reward, prompts, config, base_lora, subject_image
         state.clear()
         progress = bridge.ComfyProgress(config.total_updates)
         result = train_rl(components, reward, prompts, config, progress, run.path, resume=True, base_lora=base_lora,
-                          subject_images=subject_images)
+                          subject_images=subject_images, subject_measure=measure)
         progress.raise_if_cancelled()
         save_lora(run.result_path, result.lora_state, result.metadata)
 
@@ -216,7 +227,7 @@ def prompt_templates(text: str) -> list[str]:
 RENAMED = {"resolution": ("height", "width"), "batch_size": ("sample_batch_size",),
            "batches_per_epoch": ("sample_batches",)}
 NOT_SETTINGS = ("model", "clip", "vae", "image_reward", "prompts", "identifier", "class_noun", "description",
-                "lora_name", "lora", "subject_images")
+                "lora_name", "lora", "subject_images", "subject_measure")
 
 
 def _config(settings: dict) -> RLConfig:
@@ -225,7 +236,22 @@ def _config(settings: dict) -> RLConfig:
     for name, value in settings.items():
         if name not in NOT_SETTINGS:
             values.update({field: value for field in RENAMED.get(name, (name,))})
+    if not values.get("subject_threshold"):  # the widget's 0 is "no guard"
+        values["subject_threshold"] = None
     return RLConfig(**values)
+
+
+def _subject_measure(embedder, photos):
+    """The subject measure of the optional inputs: likeness of samples to the photos, or None."""
+    if embedder is None:
+        return None
+    if photos is None:
+        raise bridge.NodeInputError("subject_measure compares identifier samples with the subject's photos: connect "
+                                    "subject_images (the photos the LoRA was personalized on)")
+    from ..instructbooth.evaluation import SubjectLikeness
+
+    return SubjectLikeness(embedder, [picture for batch in bridge.image_batches(photos)
+                                      for picture in bridge.images_to_bchw(batch)])
 
 
 def settings_problem(settings: dict) -> str:

@@ -8,6 +8,7 @@ to the tiny model's hints.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -280,6 +281,20 @@ def test_rwr_trains_on_subject_photos_of_any_size(comfy_inputs, scorer, personal
     tuned, metadata = lora_file(f"ib/rwr{size[1]}")
     assert metadata.method == "rwr" and len(outputs[3]["loss"]) == 1
     assert all(torch.isfinite(t).all() for t in tuned.values())
+
+
+def test_rl_subject_measure_input_logs_likeness_to_the_photos_and_needs_them(comfy_inputs, scorer, personalized,
+                                                                            tmp_path):
+    from evaluation_models import tiny_dino_folder
+
+    embedder = pack_module("instructbooth.evaluation").load_embedder(tiny_dino_folder(tmp_path / "dino"))
+    photos = torch.rand(2, 40, 48, 3, generator=torch.Generator().manual_seed(6))
+    with pytest.raises(ValueError, match="connect subject_images"):
+        run_rl(*comfy_inputs, scorer, personalized[0][2], subject_measure=embedder, lora_name="ib/guard")
+    outputs = run_rl(*comfy_inputs, scorer, personalized[0][2], subject_measure=embedder, subject_images=photos,
+                     identifier_ratio=1.0, epochs=1, lora_name="ib/guard")
+    history = json.loads((run_folder("guard") / "metrics.json").read_text())["epochs"]
+    assert len(outputs[3]["loss"]) == 1 and -1.0 <= history[0]["subject_measure"] <= 1.0
 
 
 # --- Preference pairs and DPO ------------------------------------------------------------------------------

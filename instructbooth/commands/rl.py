@@ -40,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                               "(default actions,interactions)")
     subject.add_argument("--heldout", default="heldout", help="held-out set or .txt file; 'none' for no evaluation")
     subject.add_argument("--subject-images", help="folder of the subject photos (RWR's regulariser)")
-    subject.add_argument("--subject-measure", help="reward spec scoring subject likeness (with --subject-threshold)")
+    subject.add_argument("--subject-measure", help="subject likeness of identifier samples to --subject-images, logged "
+                         "every epoch and read by --subject-threshold: dino:/models/dino-vits16 or clip_i:/models/clip")
     from ..rl.config import RLConfig
 
     add_config_flags(parser.add_argument_group("RL settings (RLConfig)"), RLConfig)
@@ -90,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     reward = load_reward(args.reward, **_reward_options(args.reward, device))
     measure = None
     if args.subject_measure:
-        measure = load_reward(args.subject_measure, **_reward_options(args.subject_measure, device))
+        measure = load_reward(args.subject_measure, **_reward_options(args.subject_measure, device,
+                                                                      args.subject_images))
     subject_images = None
     if args.subject_images:  # bad photos fail before the model loads
         from ..subject_data import training_photos
@@ -141,8 +143,15 @@ def build_prompts(args: argparse.Namespace, meta):
     return RLPrompts(templates, subject, heldout)
 
 
-def _reward_options(spec: str, device) -> dict:
+def _reward_options(spec: str, device, subject_images: str | None = None) -> dict:
+    """Keyword options a reward spec's factory takes: the device for weighted models, and the
+    subject photos for the subject measures (dino:, clip_i:)."""
     name = spec.split(":", 1)[0].strip().lower().replace("-", "_")
+    if name in ("dino", "clip_i"):
+        if not subject_images:
+            raise ValueError(f"--subject-measure {spec} compares samples with the subject's photos: give "
+                             "--subject-images (the photos the LoRA was personalized on)")
+        return {"device": device, "reference_images": subject_images}
     return {"device": device} if name in ("imagereward", "image_reward") else {}
 
 

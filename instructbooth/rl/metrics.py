@@ -21,11 +21,13 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..files import atomic_write, write_json
 
+SUBJECT_SERIES = "subject measure"  # the subject guard's measure, drawn beside the rewards when logged
 CURVE_COLOURS = {  # group -> RGB
     "all": (40, 40, 40),
     "identifier": (214, 39, 40),
     "plain": (31, 119, 180),
     "heldout": (44, 160, 44),
+    SUBJECT_SERIES: (148, 103, 189),
 }
 
 
@@ -67,12 +69,16 @@ def clear_metrics(folder: str | Path) -> None:
 
 
 def reward_series(history: list[dict]) -> dict[str, list[tuple[int, float]]]:
-    """group -> [(epoch, mean reward)] for every group in the history."""
+    """group -> [(epoch, mean reward)] for every group in the history, and the subject measure
+    of identifier samples (`SUBJECT_SERIES`) in the epochs that logged one."""
     series: dict[str, list[tuple[int, float]]] = {}
     for entry in history:
         for group, stats in entry.get("reward", {}).items():
             if stats.get("count") and math.isfinite(stats["mean"]):
                 series.setdefault(group, []).append((int(entry["epoch"]), float(stats["mean"])))
+        measure = entry.get("subject_measure")
+        if measure is not None and math.isfinite(measure):
+            series.setdefault(SUBJECT_SERIES, []).append((int(entry["epoch"]), float(measure)))
     return series
 
 
@@ -83,7 +89,9 @@ def draw_reward_curve(history: list[dict], size: tuple[int, int] = (720, 420)) -
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default()
-    draw.text((left, 8), "mean reward per epoch", fill="black", font=font)
+    title = "mean reward per epoch" + (" (and subject measure)" if any("subject_measure" in e and e["subject_measure"]
+                                                                         is not None for e in history) else "")
+    draw.text((left, 8), title, fill="black", font=font)
     series = reward_series(history)
     points = [p for line in series.values() for p in line]
     if not points:
