@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..instructbooth.checkpoint import components_from_ldm
-from ..instructbooth.lora import load_lora, save_lora
 from ..instructbooth.personalize import PersonalizeConfig, personalize, save_result
 from ..instructbooth.subject_data import SubjectDataError, check_identifier
 from . import bridge
-from .runs import RunFolder, fingerprint_images, fingerprint_tensors, run_key, without
+from .runs import RunFolder, config_from_inputs, fingerprint_images, fingerprint_tensors, keyed_run, publish_lora, train_on_comfy_weights
 
 DEFAULTS = PersonalizeConfig()
 LORA_MODEL, LOSS_MAP = io.Custom("LORA_MODEL"), io.Custom("LOSS_MAP")
@@ -99,53 +97,30 @@ class Personalize(io.ComfyNode):
         config = _config(values)
         images = bridge.image_batches(values["images"])
         class_images = bridge.image_batches(values["class_images"]) if values.get("class_images") else None
-        lora_path = bridge.output_path_in_folder("loras", values["lora_name"])
         state = bridge.comfy_state_dict(values["model"], values["clip"], values["vae"])
         weights = fingerprint_tensors(state)
-        run = RunFolder("personalize", values["lora_name"], run_key(
-            weights=weights, images=fingerprint_images(images),
-            class_images=fingerprint_images(class_images) if class_images else None,
-            settings=without(config.to_dict(), config.RUN_CONTROL)))
-        if run.is_finished():
-            bridge.log.info("InstructBooth Personalize: reusing the finished run in %s", run.path)
-        else:
-            if run.has_checkpoint():
-                bridge.log.info("InstructBooth Personalize: resuming from the checkpoints in %s", run.path)
-            else:
-                bridge.log.info("InstructBooth Personalize: training %d steps in %s", config.steps, run.path)
-            _train(bridge.trainable_copy(state), values["model"], images, class_images, config, run)
-        lora, metadata = load_lora(run.result_path)
-        metadata = bridge.with_base_weights(metadata, weights)
+
+        def train(run: RunFolder) -> None:
+            result = train_on_comfy_weights(bridge.trainable_copy(state), values["model"], config.steps, lambda parts,
+                                            progress: personalize(parts, images, config, progress, run.path,
+                                                                  class_images=class_images))
+            save_result(result, run.result_path)
+
+        run = keyed_run("personalize", values["lora_name"], config, train, weights=weights,
+                        images=fingerprint_images(images),
+                        class_images=fingerprint_images(class_images) if class_images else None)
+        model, clip, lora, metadata = publish_lora(run, values["model"], values["clip"], values["lora_name"], weights)
         losses = run.read_json("result.loss.json", {}).get("loss", [])
-        save_lora(lora_path, lora, metadata)
-        model, clip = bridge.apply_lora_to_comfy(values["model"], values["clip"], lora)
         return io.NodeOutput(model, clip, lora, {"loss": losses}, metadata.trigger_phrase)
 
 
-def _train(state, model, images, class_images, config: PersonalizeConfig, run: RunFolder) -> None:
-    """Trains (or resumes) in the run folder and writes its result there; raises on cancel."""
-    with bridge.training_session():
-        components = components_from_ldm(state, device=bridge.training_device(),
-                                         hints=bridge.architecture_hints(model), copy=False)
-        state.clear()
-        progress = bridge.ComfyProgress(config.steps)
-        result = personalize(components, images, config, progress, run.path, resume=True, class_images=class_images)
-        progress.raise_if_cancelled()
-        save_result(result, run.result_path)
-
-
 def _config(values: dict) -> PersonalizeConfig:
-    return PersonalizeConfig(
-        identifier=values["identifier"].strip(), class_noun=values["class_noun"].strip(),
-        description=values["description"].strip(), lora_rank=values["lora_rank"],
-        steps=values["steps"], batch_size=values["batch_size"], learning_rate=values["learning_rate"],
-        resolution=values["resolution"], flip=values["flip"], train_text_encoder=values["train_text_encoder"],
-        prior_preservation=values["prior_preservation"], num_class_images=values["num_class_images"],
-        mixed_precision=values["mixed_precision"], gradient_checkpointing=values["gradient_checkpointing"],
-        seed=values["seed"], checkpoint_every=values["checkpoint_every"],
+    """The node's inputs are named like PersonalizeConfig's fields; a preview every N steps is a
+    validation image of the instance prompt."""
+    return config_from_inputs(
+        PersonalizeConfig, values, **{k: values[k].strip() for k in ("identifier", "class_noun", "description")},
         validation_prompts=("a photo of {id} {cls}{desc}",) if values["preview_every"] else (),
-        validation_every=values["preview_every"],
-    )
+        validation_every=values["preview_every"])
 
 
 def _first(value):

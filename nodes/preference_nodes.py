@@ -5,8 +5,6 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..instructbooth.checkpoint import components_from_ldm
-from ..instructbooth.lora import load_lora, save_lora
 from ..instructbooth.preference.dpo import DPOConfig, PairData, save_result, train_dpo
 from ..instructbooth.preference.pairs import CROSS_MODES, PairConfig, PairStore, build_pairs
 from ..instructbooth.preference.taxonomy import Taxonomy
@@ -14,7 +12,7 @@ from ..instructbooth.prompts import Subject
 from ..instructbooth.training import state_fingerprint
 from . import bridge
 from .reward_nodes import IMAGE_REWARD
-from .runs import RunFolder, fingerprint_tensors, run_key, without
+from .runs import RunFolder, config_from_inputs, fingerprint_tensors, interruptible, keyed_run, publish_lora, train_on_comfy_weights
 
 PAIR_DEFAULTS, DPO_DEFAULTS = PairConfig(), DPOConfig()
 LORA_MODEL, LOSS_MAP = io.Custom("LORA_MODEL"), io.Custom("LOSS_MAP")
@@ -80,27 +78,25 @@ class PreferencePairs(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, vae, image_reward, identifier, class_noun, name, lora=None, **settings):
-        config = PairConfig(prompt_pairs=settings["prompt_pairs"], images_per_prompt=settings["images_per_prompt"],
-                            sample_steps=settings["sample_steps"], guidance=settings["guidance"],
-                            height=settings["resolution"], width=settings["resolution"],
-                            min_margin=settings["min_margin"], cross_pairs=settings["cross_pairs"], seed=settings["seed"])
+        config = config_from_inputs(PairConfig, settings)
         subject = Subject(identifier.strip(), class_noun.strip())
         bridge.safe_relative_name(name, "output/instructbooth")
         state = bridge.comfy_state_dict(model, clip, vae)
-        base = state_fingerprint(lora)
-        run = RunFolder("pairs", name, run_key(weights=fingerprint_tensors(state), base_lora=base,
-                                               judge=fingerprint_tensors(image_reward.model.state_dict()),
-                                               subject=[subject.identifier, subject.class_noun],
-                                               settings=config.to_dict()))
+
+        def build(run: RunFolder) -> None:
+            train_on_comfy_weights(bridge.trainable_copy(state), model, config.prompt_pairs * 2, lambda parts, progress:
+                                   build_pairs(parts, interruptible(image_reward), Taxonomy.default(), run.path, config,
+                                               progress, base_lora=lora, subject=subject))
+
+        run = keyed_run("pairs", name, config, build, finished=lambda run: PairStore(run.path).is_complete(),
+                        weights=fingerprint_tensors(state), base_lora=state_fingerprint(lora),
+                        judge=fingerprint_tensors(image_reward.model.state_dict()),
+                        subject=[subject.identifier, subject.class_noun])
         store = PairStore(run.path)
-        if store.is_complete():
-            bridge.log.info("InstructBooth Pairs: reusing the finished pairs in %s", run.path)
-        else:
-            _build(bridge.trainable_copy(state), model, image_reward, config, subject, lora, run)
         pairs = store.pairs()
         kinds = {kind: sum(p.kind == kind for p in pairs) for kind in ("self", "cross")}
         summary = f"{len(pairs)} pairs ({kinds['self']} self, {kinds['cross']} cross) in {run.path}"
-        handle = {"folder": str(run.path), "count": len(pairs), "base_lora": base,
+        handle = {"folder": str(run.path), "count": len(pairs), "base_lora": state_fingerprint(lora),
                   "subject": [subject.identifier, subject.class_noun]}
         return io.NodeOutput(handle, _examples(store, pairs), summary)
 
@@ -159,63 +155,26 @@ class DPOAlign(io.ComfyNode):
         if pairs["base_lora"] != state_fingerprint(lora):
             raise bridge.NodeInputError("connect the same subject LoRA (or none) that the pairs were made with: "
                                         "DPO starts from that model")
-        config = DPOConfig(beta=settings["beta"], steps=settings["steps"], batch_size=settings["batch_size"],
-                           learning_rate=settings["learning_rate"], lora_rank=settings["lora_rank"],
-                           mixed_precision=settings["mixed_precision"],
-                           gradient_checkpointing=settings["gradient_checkpointing"], seed=settings["seed"],
-                           checkpoint_every=settings["checkpoint_every"])
-        lora_path = bridge.output_path_in_folder("loras", lora_name)
+        config = config_from_inputs(DPOConfig, settings)
         data = PairData.from_store(pairs["folder"])
         state = bridge.comfy_state_dict(model, clip, vae)
         weights = fingerprint_tensors(state)
-        run = RunFolder("dpo", lora_name, run_key(weights=weights, pairs=data.fingerprint(),
-                                                  base_lora=pairs["base_lora"],
-                                                  settings=without(config.to_dict(), config.RUN_CONTROL)))
-        if run.is_finished():
-            bridge.log.info("InstructBooth DPO: reusing the finished run in %s", run.path)
-        else:
-            _align(bridge.trainable_copy(state), model, data, config, lora, Subject(*pairs["subject"]), run)
-        tuned, metadata = load_lora(run.result_path)
-        metadata = bridge.with_base_weights(metadata, weights)
+
+        def train(run: RunFolder) -> None:
+            result = train_on_comfy_weights(bridge.trainable_copy(state), model, config.steps, lambda parts, progress:
+                                            train_dpo(parts, data, config, progress, run.path, base_lora=lora,
+                                                      subject=Subject(*pairs["subject"])))
+            save_result(result, run.result_path)
+
+        run = keyed_run("dpo", lora_name, config, train, weights=weights, pairs=data.fingerprint(),
+                        base_lora=pairs["base_lora"])
+        model, clip, tuned, _ = publish_lora(run, model, clip, lora_name, weights)
         metrics = run.read_json("result.metrics.json", {})
-        save_lora(lora_path, tuned, metadata)
-        model, clip = bridge.apply_lora_to_comfy(model, clip, tuned)
         evaluations = metrics.get("evaluations", [])
         summary = " -> ".join(f"step {e['step']}: {e['implicit_accuracy']:.2f}" for e in evaluations[:1] + evaluations[-1:])
         return io.NodeOutput(model, clip, tuned, {"loss": [s["loss"] for s in metrics.get("steps", [])]},
                              f"implicit preference accuracy {summary}")
 
-
-
-def _build(state, model, image_reward, config, subject, lora, run: RunFolder) -> None:
-    with bridge.training_session():
-        components = components_from_ldm(state, device=bridge.training_device(),
-                                         hints=bridge.architecture_hints(model), copy=False)
-        state.clear()
-        progress = bridge.ComfyProgress(config.prompt_pairs * 2)
-        build_pairs(components, _interruptible(image_reward), Taxonomy.default(), run.path, config, progress,
-                    resume=True, base_lora=lora, subject=subject)
-        progress.raise_if_cancelled()
-
-
-def _align(state, model, data, config, lora, subject, run: RunFolder) -> None:
-    with bridge.training_session():
-        components = components_from_ldm(state, device=bridge.training_device(),
-                                         hints=bridge.architecture_hints(model), copy=False)
-        state.clear()
-        progress = bridge.ComfyProgress(config.steps)
-        result = train_dpo(components, data, config, progress, run.path, resume=True, base_lora=lora, subject=subject)
-        progress.raise_if_cancelled()
-        save_result(result, run.result_path)
-
-
-def _interruptible(reward):
-    def judge(images, prompts, metadata):
-        bridge.check_interrupt()
-        return reward(images, prompts, metadata)
-
-    judge.name = getattr(reward, "name", type(reward).__name__)  # the pair folder records the judge's name
-    return judge
 
 
 def _examples(store: PairStore, pairs) -> torch.Tensor:

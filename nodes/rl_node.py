@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..instructbooth.checkpoint import components_from_ldm
-from ..instructbooth.lora import load_lora, save_lora
+from ..instructbooth.lora import save_lora
 from ..instructbooth.prompts import (
     PLACEHOLDER,
     RLPrompts,
@@ -21,7 +20,8 @@ from ..instructbooth.rl.trainer import train_rl
 from . import bridge
 from .evaluation_nodes import EVALUATION_MODEL
 from .reward_nodes import IMAGE_REWARD
-from .runs import RunFolder, fingerprint_images, fingerprint_tensors, run_key, without
+from .runs import (RunFolder, config_from_inputs, fingerprint_images, fingerprint_tensors, interruptible, keyed_run, publish_lora,
+                   train_on_comfy_weights)
 
 DEFAULTS = RLConfig()
 LORA_MODEL, LOSS_MAP = io.Custom("LORA_MODEL"), io.Custom("LOSS_MAP")
@@ -68,9 +68,9 @@ class RLFineTune(io.ComfyNode):
                                tooltip="Classifier-free guidance of the samples."),
                 io.Int.Input("resolution", default=DEFAULTS.height, min=64, max=2048, step=64,
                              tooltip="Side of the sampled images in pixels."),
-                io.Int.Input("batch_size", default=DEFAULTS.sample_batch_size, min=1, max=256,
+                io.Int.Input("sample_batch_size", default=DEFAULTS.sample_batch_size, min=1, max=256,
                              tooltip="Samples per sampling call."),
-                io.Int.Input("batches_per_epoch", default=DEFAULTS.sample_batches, min=1, max=1000,
+                io.Int.Input("sample_batches", default=DEFAULTS.sample_batches, min=1, max=1000,
                              tooltip="Sampling calls per epoch (samples per epoch = batch_size x this)."),
                 io.Int.Input("train_batch_size", default=DEFAULTS.train_batch_size, min=1, max=256,
                              tooltip="Samples per optimizer step; must divide the samples per epoch."),
@@ -145,58 +145,30 @@ class RLFineTune(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, vae, image_reward, prompts, identifier, class_noun, description, lora_name,
                 lora=None, subject_images=None, subject_measure=None, **settings) -> io.NodeOutput:
-        config = _config(settings)
-        measure = _subject_measure(subject_measure, subject_images)
+        config, measure = _config(settings), _subject_measure(subject_measure, subject_images)
         subject = Subject(identifier.strip(), class_noun.strip(), description.strip())
         prompt_set = RLPrompts(tuple(prompt_templates(prompts)), subject)
-        lora_path = bridge.output_path_in_folder("loras", lora_name)
-        if lora is not None and getattr(model, "patches", None):
-            bridge.log.warning("InstructBooth RL: the MODEL already carries LoRA patches and a subject LoRA is "
-                               "connected too; connect the base model from Load Checkpoint to avoid applying it twice")
+        _warn_if_patched(model, lora)
         state = bridge.comfy_state_dict(model, clip, vae)
         weights = fingerprint_tensors(state)
-        run = RunFolder("rl", lora_name, run_key(
-            weights=weights, base_lora=state_fingerprint(lora),
-            reward=fingerprint_tensors(image_reward.model.state_dict()), prompts=prompt_set.templates,
-            subject=[subject.identifier, subject.class_noun, subject.description],
-            subject_images=fingerprint_images([subject_images]) if subject_images is not None else None,
-            subject_measure=fingerprint_tensors(subject_measure.model.state_dict()) if measure else None,
-            settings=without(config.to_dict(), config.RUN_CONTROL)))
-        if run.is_finished():
-            bridge.log.info("InstructBooth RL: reusing the finished run in %s", run.path)
-        else:
-            if run.has_checkpoint():
-                bridge.log.info("InstructBooth RL: resuming from the checkpoints in %s", run.path)
-            else:
-                bridge.log.info("InstructBooth RL: training %d epochs in %s", config.epochs, run.path)
-            _train(bridge.trainable_copy(state), model, image_reward, prompt_set, config, lora, subject_images, measure,
-                   run)
-        tuned, metadata = load_lora(run.result_path)
-        metadata = bridge.with_base_weights(metadata, weights)
+
+        def train(run: RunFolder) -> None:
+            result = train_on_comfy_weights(bridge.trainable_copy(state), model, config.total_updates, lambda parts,
+                                            progress: train_rl(parts, interruptible(image_reward), prompt_set, config,
+                                                               progress, run.path, base_lora=lora,
+                                                               subject_images=subject_images, subject_measure=measure))
+            save_lora(run.result_path, result.lora_state, result.metadata)
+
+        run = keyed_run("rl", lora_name, config, train, weights=weights, base_lora=state_fingerprint(lora),
+                        reward=fingerprint_tensors(image_reward.model.state_dict()), prompts=prompt_set.templates,
+                        subject=[subject.identifier, subject.class_noun, subject.description],
+                        subject_images=fingerprint_images([subject_images]) if subject_images is not None else None,
+                        subject_measure=fingerprint_tensors(subject_measure.model.state_dict()) if measure else None)
+        model, clip, tuned, _ = publish_lora(run, model, clip, lora_name, weights)
         history = run.read_json("metrics.json", {}).get("epochs", [])
-        save_lora(lora_path, tuned, metadata)
         rewards = [entry["reward"]["all"]["mean"] for entry in history]
-        model, clip = bridge.apply_lora_to_comfy(model, clip, tuned)
         curve = bridge.pil_to_image(draw_reward_curve(history))
         return io.NodeOutput(model, clip, tuned, {"loss": rewards, "reward": rewards}, curve)
-
-
-def _train(state, model, image_reward, prompts, config, base_lora, subject_images, measure, run: RunFolder) -> None:
-    """Trains (or resumes) in the run folder and writes the one-file LoRA there; raises on cancel."""
-
-    def reward(images, prompt_texts, metadata):  # cancel also between sampling batches
-        bridge.check_interrupt()
-        return image_reward(images, prompt_texts, metadata)
-
-    with bridge.training_session():
-        components = components_from_ldm(state, device=bridge.training_device(),
-                                         hints=bridge.architecture_hints(model), copy=False)
-        state.clear()
-        progress = bridge.ComfyProgress(config.total_updates)
-        result = train_rl(components, reward, prompts, config, progress, run.path, resume=True, base_lora=base_lora,
-                          subject_images=subject_images, subject_measure=measure)
-        progress.raise_if_cancelled()
-        save_lora(run.result_path, result.lora_state, result.metadata)
 
 
 def prompt_templates(text: str) -> list[str]:
@@ -223,22 +195,20 @@ def prompt_templates(text: str) -> list[str]:
     return list(dict.fromkeys(templates))
 
 
-# Node inputs named differently from their RLConfig fields; every other setting input has its field's name.
-RENAMED = {"resolution": ("height", "width"), "batch_size": ("sample_batch_size",),
-           "batches_per_epoch": ("sample_batches",)}
 NOT_SETTINGS = ("model", "clip", "vae", "image_reward", "prompts", "identifier", "class_noun", "description",
                 "lora_name", "lora", "subject_images", "subject_measure")
 
 
 def _config(settings: dict) -> RLConfig:
-    """The RLConfig of the node's setting inputs (the LoRA alpha follows its rank: RLConfig's default)."""
-    values = {}
-    for name, value in settings.items():
-        if name not in NOT_SETTINGS:
-            values.update({field: value for field in RENAMED.get(name, (name,))})
-    if not values.get("subject_threshold"):  # the widget's 0 is "no guard"
-        values["subject_threshold"] = None
-    return RLConfig(**values)
+    """The RLConfig of the node's setting inputs, named like its fields (`resolution`: height and
+    width; the LoRA alpha follows its rank, RLConfig's default; subject_threshold 0 is no guard)."""
+    return config_from_inputs(RLConfig, settings, subject_threshold=settings.get("subject_threshold") or None)
+
+
+def _warn_if_patched(model, lora) -> None:
+    if lora is not None and getattr(model, "patches", None):
+        bridge.log.warning("InstructBooth RL: the MODEL already carries LoRA patches and a subject LoRA is connected "
+                           "too; connect the base model from Load Checkpoint to avoid applying it twice")
 
 
 def _subject_measure(embedder, photos):

@@ -13,10 +13,12 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import folder_paths
 import torch
+
+from . import bridge
 
 RUNS_FOLDER = "instructbooth"
 RESULT_FILE = "result.safetensors"
@@ -93,3 +95,73 @@ class RunFolder:
 
     def has_checkpoint(self) -> bool:
         return self.path.is_dir() and any(self.path.glob("checkpoint-*.pt"))
+
+
+# --- one keyed training run, the same way in every training node ---------------------------------
+
+
+def keyed_run(kind: str, name: str, config: Any, work: Callable[[RunFolder], None], finished=None,
+              **inputs: Any) -> RunFolder:
+    """The run of `kind` keyed by `inputs` (fingerprints) and the config's settings that change the
+    result (all but `config.RUN_CONTROL`): reused when finished, else `work(run)` trains or resumes
+    in its folder. `finished(run)` tells a finished run (default: its result file exists)."""
+    run = RunFolder(kind, name, run_key(**inputs, settings=without(config.to_dict(), config.RUN_CONTROL)))
+    title = f"InstructBooth {kind}"
+    if (finished or RunFolder.is_finished)(run):
+        bridge.log.info("%s: reusing the finished run in %s", title, run.path)
+        return run
+    bridge.log.info("%s: %s in %s", title, "resuming from the checkpoints" if run.has_checkpoint() else "starting", run.path)
+    work(run)
+    return run
+
+
+def train_on_comfy_weights(state: dict[str, torch.Tensor], model, total: int,
+                           train: Callable[[Any, Any], Any]) -> Any:
+    """Builds the library's components from ComfyUI's weights (`state`, a trainable copy, emptied
+    here) on the training device, inside `bridge.training_session()` (ComfyUI's models unloaded
+    first, caches emptied after), and returns `train(components, progress)`; a cancel in the
+    ComfyUI queue raises after the trainer has saved its checkpoint."""
+    from ..instructbooth.checkpoint import components_from_ldm
+
+    with bridge.training_session():
+        components = components_from_ldm(state, device=bridge.training_device(),
+                                         hints=bridge.architecture_hints(model), copy=False)
+        state.clear()
+        progress = bridge.ComfyProgress(total)
+        result = train(components, progress)
+        progress.raise_if_cancelled()
+        return result
+
+
+def publish_lora(run: RunFolder, model, clip, lora_name: str, weights: str):
+    """The run's LoRA saved as `models/loras/<lora_name>` (metadata naming the base weights) and
+    applied to ComfyUI's MODEL and CLIP: (model, clip, lora state, metadata)."""
+    from ..instructbooth.lora import load_lora, save_lora
+
+    lora, metadata = load_lora(run.result_path)
+    metadata = bridge.with_base_weights(metadata, weights)
+    save_lora(bridge.output_path_in_folder("loras", lora_name), lora, metadata)
+    model, clip = bridge.apply_lora_to_comfy(model, clip, lora)
+    return model, clip, lora, metadata
+
+
+def interruptible(reward):
+    """The reward, checking ComfyUI's cancel before each call (cancel also between sampling batches)."""
+    def scored(images, prompts, metadata):
+        bridge.check_interrupt()
+        return reward(images, prompts, metadata)
+
+    scored.name = getattr(reward, "name", type(reward).__name__)  # a pair folder records its judge's name
+    return scored
+
+
+def config_from_inputs(config_class: type, inputs: Mapping[str, Any], **fixed: Any):
+    """A stage config from a node's setting inputs, which are named like its fields; `resolution`
+    (a square image side, the nodes' one widget for it) sets `height` and `width` where the config
+    has those instead. Inputs that are not fields (model, prompts, ...) are left out; `fixed`
+    overrides. A bad value raises the config's own ValueError."""
+    fields = config_class.__dataclass_fields__
+    values = {name: value for name, value in inputs.items() if name in fields}
+    if "resolution" in inputs and "resolution" not in fields:
+        values.update(height=inputs["resolution"], width=inputs["resolution"])
+    return config_class(**{**values, **fixed})

@@ -36,7 +36,7 @@ CHECKPOINT, REWARD, CONTROLNET = "sd15_small.safetensors", "tiny.safetensors", "
 SUBJECT = "instructbooth_subject"
 TINY_PERSONALIZE = dict(steps=3, resolution=64, mixed_precision="no", gradient_checkpointing=False, preview_every=0,
                         checkpoint_every=0, lora_name="instructbooth/test_sks")
-TINY_RL = dict(epochs=2, sample_steps=2, resolution=64, batch_size=2, batches_per_epoch=1, train_batch_size=2,
+TINY_RL = dict(epochs=2, sample_steps=2, resolution=64, sample_batch_size=2, sample_batches=1, train_batch_size=2,
                images_per_prompt=2, gradient_accumulation_steps=1,
                mixed_precision="no", gradient_checkpointing=False, lora_name="instructbooth/test_sks_rl")
 TINY_SAMPLING = {"KSampler": dict(steps=2), "EmptyLatentImage": dict(width=64, height=64),

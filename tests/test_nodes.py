@@ -242,7 +242,8 @@ def test_rl_validation_passes_good_input(nodes):
 
 def _rl_widget_defaults(node) -> dict:
     """The RL node's setting widgets at their defaults (what a freshly added node holds)."""
-    skip = {"model", "clip", "vae", "image_reward", "prompts", "identifier", "lora_name", "lora", "subject_images"}
+    skip = {"model", "clip", "vae", "image_reward", "prompts", "identifier", "lora_name", "lora", "subject_images",
+            "subject_measure"}
     return {i.id: i.extra.get("default") for i in node.define_schema().inputs if i.id not in skip}
 
 
@@ -258,7 +259,7 @@ def test_rl_node_defaults_are_the_library_recipe_and_bad_settings_fail_validatio
     assert node.validate_inputs("{id} riding a bicycle", "sks", "ib/rl", **widgets) is True
     message = node.validate_inputs("{id} riding a bicycle", "sks", "ib/rl", **{**widgets, "images_per_prompt": 1})
     assert isinstance(message, str) and "images_per_prompt=1 every advantage is 0" in message
-    message = node.validate_inputs("{id} riding a bicycle", "sks", "ib/rl", **{**widgets, "batch_size": 6})
+    message = node.validate_inputs("{id} riding a bicycle", "sks", "ib/rl", **{**widgets, "sample_batch_size": 6})
     assert "images_per_prompt 4 must be >= 1 and divide sample_batch_size 6" in message
 
 

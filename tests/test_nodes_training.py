@@ -78,7 +78,7 @@ def run_personalize(inputs: dict):
 def run_rl(model, clip, vae, scorer, lora, **changes):
     settings = dict(prompts=PROMPTS, identifier="sks", class_noun="plushie", description="", lora_name="ib/rl",
                     identifier_ratio=0.5, use_description=False, method="ddpo", epochs=2, sample_steps=2, guidance=2.0,
-                    resolution=32, batch_size=2, batches_per_epoch=1, train_batch_size=2, learning_rate=1e-3,
+                    resolution=32, sample_batch_size=2, sample_batches=1, train_batch_size=2, learning_rate=1e-3,
                     lora_rank=2, kl_weight=0.0, prior_weight=0.0, mixed_precision="no", gradient_checkpointing=False,
                     seed=0, images_per_prompt=2, gradient_accumulation_steps=1)
     settings.update(changes)

@@ -29,7 +29,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -53,6 +53,8 @@ RewardFn = Callable[[torch.Tensor, list, list], torch.Tensor]
 @dataclass(frozen=True)
 class PairConfig:
     """How preference pairs are made; every field changes the pairs (a resumed run must match)."""
+
+    RUN_CONTROL: ClassVar[tuple[str, ...]] = ()  # every setting changes the pairs
 
     prompt_pairs: int = 64  # analogous prompt pairs drawn from the taxonomy (each brings up to 2 new prompts)
     images_per_prompt: int = 4  # K images sampled per prompt
