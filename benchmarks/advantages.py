@@ -3,7 +3,7 @@
 Replays the trainer's own prompt draws (`collect.draw_epoch_prompts`, seeded as in
 training) for many epochs on the shipped prompt sets (actions + interactions), gives
 every sample a random reward, and turns the rewards into advantages the way the trainer
-does (`trainer.epoch_signal`). A sample "falls back" when its advantage did not come
+does (`make_algorithm(config).signal`). A sample "falls back" when its advantage did not come
 from its own prompt's statistics: the tracker had fewer than `tracker_min_count`
 rewards of the prompt, or a group had one image. No model is needed; it takes seconds.
 
@@ -32,7 +32,7 @@ from instructbooth.rl.advantages import PerPromptStatTracker  # noqa: E402
 from instructbooth.rl.collect import draw_epoch_prompts  # noqa: E402
 from instructbooth.rl.config import RLConfig  # noqa: E402
 from instructbooth.rl.context import generator_for  # noqa: E402
-from instructbooth.rl.trainer import epoch_signal  # noqa: E402
+from instructbooth.rl.algorithms import make_algorithm  # noqa: E402
 
 DEFAULT = RLConfig()
 # The defaults before this benchmark existed: tracker advantages, 8 samples of 8 prompts, ratio 0.5.
@@ -55,7 +55,7 @@ def fallback_shares(config: RLConfig, prompts: RLPrompts, epochs: int) -> list[f
         generator = generator_for(config.seed, epoch, "prompts")
         drawn = draw_epoch_prompts(prompts, config, config.samples_per_epoch, generator)
         rewards = torch.rand(len(drawn), generator=generator_for(config.seed, epoch, "rewards"))
-        _, share = epoch_signal(config, tracker, SimpleNamespace(drawn=drawn, rewards=rewards))
+        _, share = make_algorithm(config).signal(tracker, SimpleNamespace(drawn=drawn, rewards=rewards))
         shares.append(share)
     return shares
 

@@ -76,7 +76,7 @@ def test_rwr_lowers_its_weighted_loss_on_fixed_samples():
     from instructbooth.rl.distributed import Processes
     from instructbooth.rl.policy import Policy
     from instructbooth.rl.rwr import reward_weights
-    from instructbooth.rl.updates import rwr_update
+    from instructbooth.rl.updates import Regulariser, rwr_update
     from instructbooth.rl.context import RunContext
     from instructbooth.sampling import PromptEmbeddingCache, ddim_schedule, sample_trajectories
     from instructbooth.encoding import decode_latents
@@ -89,8 +89,8 @@ def test_rwr_lowers_its_weighted_loss_on_fixed_samples():
     policy = Policy.prepare(components, config, None)
     subject = torch.rand(3, 4, 8, 8, generator=torch.Generator().manual_seed(3))
     ctx = RunContext(components, policy, config, PROMPTS, brightness, Processes(), Precision.create("no", "cpu"),
-                     ddim_schedule(components.scheduler, 4), PromptEmbeddingCache(components),
-                     subject_latents=subject, subject_prompt="a photo of sks plushie")
+                     ddim_schedule(components.scheduler, 4), PromptEmbeddingCache(components))
+    regulariser = Regulariser(subject, "a photo of sks plushie")
     prompts = [d.text for d in PROMPTS.draw(8, 0.5, torch.Generator().manual_seed(0))]
     samples = sample_trajectories(components, prompts, list(range(8)), num_steps=4, guidance=1.0, height=16, width=16)
     weights = reward_weights(brightness(decode_latents(components, samples.final_latents), prompts, [{}] * 8),
@@ -99,7 +99,7 @@ def test_rwr_lowers_its_weighted_loss_on_fixed_samples():
     history = []
     for _ in range(15):
         optimizer.zero_grad()
-        history.append(rwr_update(ctx, samples, torch.arange(8), weights, (0, 0, 0)))  # the same noise each time
+        history.append(rwr_update(ctx, samples, torch.arange(8), weights, (0, 0, 0), regulariser=regulariser))  # same noise
         optimizer.step()
     policy.release()
     first, last = history[0], history[-1]
@@ -239,16 +239,16 @@ def test_images_per_prompt_samples_each_prompt_in_a_row():
 
 
 def test_timestep_window_trains_only_the_early_steps(monkeypatch):
-    import instructbooth.rl.trainer as trainer
+    import instructbooth.rl.algorithms as algorithms
 
     picked = []
-    real_update = trainer.ddpo_update
+    real_update = algorithms.ddpo_update
 
     def spy(ctx, samples, rows, step_index, advantages, identifier, scale):
         picked.append(step_index.clone())
         return real_update(ctx, samples, rows, step_index, advantages, identifier, scale)
 
-    monkeypatch.setattr(trainer, "ddpo_update", spy)
+    monkeypatch.setattr(algorithms, "ddpo_update", spy)
     config = RLConfig(**{**SMALL, "sample_steps": 10, "epochs": 1, "heldout_every": 0, "timestep_window": 0.7,
                          "timestep_fraction": 0.5})
     assert (config.window_steps, config.train_timesteps) == (7, 4)

@@ -31,8 +31,6 @@ class RunContext:
     schedule: DDIMSchedule  # the sampler's steps (on the components' device)
     embeddings: PromptEmbeddingCache  # text-encoder outputs (the text encoder stays frozen)
     subject_measure: RewardFn | None = None  # same protocol as a reward; higher = more like the subject
-    subject_latents: torch.Tensor | None = None  # [P, C, h, w] RWR regulariser data (the personalization images)
-    subject_prompt: str = ""  # their prompt
 
     @property
     def device(self) -> torch.device:

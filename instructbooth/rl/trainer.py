@@ -45,15 +45,15 @@ from ..training import (
     trainer_state,
     training_mode,
 )
-from .advantages import PerPromptStatTracker, batch_advantages, clip_advantages, group_advantages
+from .advantages import PerPromptStatTracker
+from .algorithms import Algorithm, make_algorithm
 from .collect import EpochSamples, collect_samples, evaluate_heldout
 from .config import RLConfig
 from .context import RunContext, generator_for
 from .distributed import Processes
 from .metrics import clear_metrics, group_stats, summarize, write_metrics
 from .policy import Policy, State
-from .rwr import reward_weights
-from .updates import StepStats, ddpo_update, rwr_update
+from .updates import Regulariser, StepStats
 
 STOP_FINISHED, STOP_CALLBACK, STOP_SUBJECT = "finished", "callback", "subject_guard"
 
@@ -114,8 +114,7 @@ def train_rl(
         raise ValueError("the personalized LoRA holds NaN or inf weights: it was saved from a diverged run; "
                          "personalize again with a lower learning rate")
     if config.method == "rwr" and config.prior_weight > 0 and subject_images is None:
-        raise ValueError("method 'rwr' with prior_weight > 0 needs subject_images (the personalization photos); "
-                         "pass them or set prior_weight=0")
+        make_algorithm(config)  # refuses, naming subject_images, before any work
     store = CheckpointStore(checkpoint_dir, config.keep_checkpoints) if checkpoint_dir is not None else None
     if store is not None and not resume:
         if processes.is_main:
@@ -132,12 +131,14 @@ def train_rl(
                 processes=processes, precision=precision,
                 schedule=ddim_schedule(components.scheduler, config.sample_steps).to(components.device),
                 embeddings=PromptEmbeddingCache(components), subject_measure=subject_measure,
-                subject_prompt=subject_prompt or f"a photo of {prompts.subject.trigger_phrase}",
             )
+            regulariser = None
             if subject_images is not None:
-                ctx.subject_latents = _encode_subject(ctx, subject_images)
+                regulariser = Regulariser(_encode_subject(ctx, subject_images),
+                                          subject_prompt or f"a photo of {prompts.subject.trigger_phrase}")
+            algorithm = make_algorithm(config, regulariser)
             with gradient_checkpointing([components.unet], config.gradient_checkpointing):
-                return _run(ctx, store, callback, checkpoint_dir, base_model_hash)
+                return _run(ctx, algorithm, store, callback, checkpoint_dir, base_model_hash)
         finally:
             policy.release()
 
@@ -149,7 +150,7 @@ def _encode_subject(ctx: RunContext, images: ImageSource) -> torch.Tensor:
     return latents.float().to(ctx.device)
 
 
-def _run(ctx: RunContext, store, callback, metrics_dir, base_model_hash) -> RLResult:
+def _run(ctx: RunContext, algorithm: Algorithm, store, callback, metrics_dir, base_model_hash) -> RLResult:
     config, processes = ctx.config, ctx.processes
     optimizer = adamw(ctx.policy.params, config)
     tracker = PerPromptStatTracker(config.tracker_buffer, config.tracker_min_count)
@@ -173,18 +174,20 @@ def _run(ctx: RunContext, store, callback, metrics_dir, base_model_hash) -> RLRe
         heldout, eval_seconds = _maybe_heldout(ctx, epoch)
         measure = summarize(samples.subject_scores)["mean"] if samples.subject_scores else None
         if config.subject_threshold is not None and measure is not None and measure < config.subject_threshold:
-            state.history.append(_entry(ctx, epoch, samples, heldout, [], measure, eval_seconds, 0.0, began, STOP_SUBJECT))
+            state.history.append(_entry(ctx, algorithm, epoch, samples, heldout, [], measure, eval_seconds, 0.0, began,
+                                        STOP_SUBJECT))
             rollback = state.previous if state.previous is not None else start_state
             ctx.policy.load(rollback)
             return finish(STOP_SUBJECT, rollback)
         train_began = time.perf_counter()
-        signal, fallback_share = epoch_signal(config, tracker, samples)
-        stats, stopped = _train_epoch(ctx, samples, signal, optimizer, state, store, callback, epoch)
+        signal, fallback_share = algorithm.signal(tracker, samples)
+        stats, stopped = _train_epoch(ctx, algorithm, samples, signal, optimizer, state, store, callback, epoch)
         if stopped:
             ctx.policy.load(start_state)
             return finish(STOP_CALLBACK, start_state)
         train_seconds = time.perf_counter() - train_began
-        state.history.append(_entry(ctx, epoch, samples, heldout, stats, measure, eval_seconds, train_seconds, began))
+        state.history.append(_entry(ctx, algorithm, epoch, samples, heldout, stats, measure, eval_seconds, train_seconds,
+                                    began))
         if fallback_share is not None:
             state.history[-1]["advantage_fallback_share"] = fallback_share
         state.previous, state.epoch = start_state, epoch + 1
@@ -212,8 +215,8 @@ def _maybe_heldout(ctx: RunContext, epoch: int) -> tuple[list[float], float]:
 # --- one epoch of training -------------------------------------------------------------------
 
 
-def _train_epoch(ctx, samples: EpochSamples, signal: torch.Tensor, optimizer, state, store, callback, epoch
-                 ) -> tuple[list[StepStats], bool]:
+def _train_epoch(ctx, algorithm: Algorithm, samples: EpochSamples, signal: torch.Tensor, optimizer, state, store,
+                 callback, epoch) -> tuple[list[StepStats], bool]:
     """Inner epochs of optimizer steps, each on `gradient_accumulation_steps` micro-batches;
     `signal` [N] holds every sample's advantage or weight. Returns the micro-batch statistics
     and whether to stop."""
@@ -225,8 +228,8 @@ def _train_epoch(ctx, samples: EpochSamples, signal: torch.Tensor, optimizer, st
         micro = _minibatches(ctx, samples, epoch, inner)
         for update in range(len(micro) // accumulation):
             optimizer.zero_grad(set_to_none=True)
-            done = accumulate(ctx, samples, micro[update * accumulation:(update + 1) * accumulation], signal,
-                              identifier, (epoch, inner, update))
+            done = accumulate(ctx, algorithm, samples, micro[update * accumulation:(update + 1) * accumulation],
+                              signal, identifier, (epoch, inner, update))
             stats += done
             preview = _to_pil(samples.preview) if update == 0 and inner == 0 and callback is not None else None
             loss = sum(s.loss for s in done) / len(done)
@@ -235,38 +238,18 @@ def _train_epoch(ctx, samples: EpochSamples, signal: torch.Tensor, optimizer, st
     return stats, False
 
 
-def accumulate(ctx: RunContext, samples: EpochSamples, micro_batches: list[torch.Tensor], signal: torch.Tensor,
-               identifier: torch.Tensor, draw: tuple) -> list[StepStats]:
+def accumulate(ctx: RunContext, algorithm: Algorithm, samples: EpochSamples, micro_batches: list[torch.Tensor],
+               signal: torch.Tensor, identifier: torch.Tensor, draw: tuple) -> list[StepStats]:
     """Back-propagates one optimizer step's micro-batches (local row indices), each loss
     scaled by 1 / their number: the accumulated gradient is the mean over all their samples
     (and trained timesteps), the same as one batch of all of them. `signal` holds DDPO
     advantages or RWR weights per local row; `draw` = (epoch, inner epoch, update)."""
     scale, stats, offset = 1.0 / len(micro_batches), [], 0
     for rows in micro_batches:
-        if ctx.config.method == "ddpo":
-            steps = _step_index(ctx, samples, rows, draw[0], draw[1])
-            stats.append(ddpo_update(ctx, samples.trajectories, rows, steps, signal[rows], identifier[rows], scale))
-        else:
-            slots = torch.arange(offset, offset + len(rows))
-            stats.append(rwr_update(ctx, samples.trajectories, rows, signal[rows], draw, scale, slots))
+        slots = torch.arange(offset, offset + len(rows))
+        stats.append(algorithm.backward(ctx, samples, rows, signal[rows], identifier[rows], draw, scale, slots))
         offset += len(rows)
     return stats
-
-
-def epoch_signal(config: RLConfig, tracker: PerPromptStatTracker, samples: EpochSamples
-                 ) -> tuple[torch.Tensor, float | None]:
-    """DDPO advantages or RWR weights [N] of all processes' samples, and the share of samples
-    whose advantage fell back from per-prompt statistics (None for RWR)."""
-    if config.method != "ddpo":
-        return reward_weights(samples.rewards, config.rwr_weighting, config.rwr_temperature), None
-    keys, splits = [d.text for d in samples.drawn], [d.group for d in samples.drawn]
-    if config.advantage == "tracker":
-        advantages = tracker.advantages(keys, samples.rewards, splits)
-    elif config.advantage == "group":
-        advantages = group_advantages(samples.rewards, keys)
-    else:
-        advantages = batch_advantages(samples.rewards)
-    return clip_advantages(advantages.values, config.adv_clip), advantages.fallback_share
 
 
 def _minibatches(ctx: RunContext, samples: EpochSamples, epoch: int, inner: int) -> list[torch.Tensor]:
@@ -275,15 +258,6 @@ def _minibatches(ctx: RunContext, samples: EpochSamples, epoch: int, inner: int)
     local = {row: i for i, row in enumerate(samples.local_rows.tolist())}
     mine = torch.tensor([local[row] for row in order.tolist() if row in local])
     return list(mine.split(ctx.config.train_batch_size))
-
-
-def _step_index(ctx: RunContext, samples: EpochSamples, rows: torch.Tensor, epoch: int, inner: int) -> torch.Tensor:
-    """[m, K]: the K trajectory steps trained on for each sample, a seeded random subset (of the
-    window's first steps) per sample."""
-    config, seeds = ctx.config, samples.trajectories.seeds
-    picks = [torch.randperm(config.window_steps, generator=generator_for(config.seed, epoch, inner, seeds[r], "steps"))
-             for r in rows.tolist()]
-    return torch.stack(picks)[:, : config.train_timesteps]
 
 
 def _optimizer_step(ctx, optimizer, loss: float, state, store, callback, total, preview) -> bool:
@@ -301,7 +275,8 @@ def _optimizer_step(ctx, optimizer, loss: float, state, store, callback, total, 
 # --- metrics, checkpoints, metadata --------------------------------------------------------------
 
 
-def _entry(ctx, epoch, samples, heldout, stats, measure, eval_seconds, train_seconds, began, stopped=None) -> dict:
+def _entry(ctx, algorithm, epoch, samples, heldout, stats, measure, eval_seconds, train_seconds, began, stopped=None
+           ) -> dict:
     """The metrics of one epoch (step statistics averaged over steps and processes)."""
     reward = group_stats(samples.rewards, [d.group for d in samples.drawn])
     if heldout:
@@ -311,7 +286,7 @@ def _entry(ctx, epoch, samples, heldout, stats, measure, eval_seconds, train_sec
     means = local.mean(0) if len(stats) else torch.full((len(names),), float("nan"), dtype=torch.float64)
     means = ctx.processes.sum(means) / ctx.processes.world_size
     entry = {"epoch": epoch + 1, "samples": len(samples.rewards), "reward": reward}
-    wanted = names[:4] if ctx.config.method == "ddpo" else ("loss", "weighted", "prior")
+    wanted = algorithm.logged
     entry.update({n: float(v) for n, v in zip(names, means.tolist()) if n in wanted})
     entry["subject_measure"] = measure
     entry["time"] = {"sample": samples.sample_seconds, "reward": samples.reward_seconds, "train": train_seconds,

@@ -18,6 +18,14 @@ from .rwr import rwr_loss
 from ..training import draw_noise, noised
 
 
+@dataclass(frozen=True)
+class Regulariser:
+    """RWR's regulariser data: images the model keeps denoising well (beta term), with their prompt."""
+
+    latents: torch.Tensor  # [P, C, h, w] VAE latents (float32, on the training device)
+    prompt: str  # e.g. "a photo of sks plushie" for the subject photos
+
+
 @dataclass
 class StepStats:
     """Averages over a minibatch (and its trained timesteps)."""
@@ -90,10 +98,10 @@ def noised_at_random(ctx: RunContext, latents: torch.Tensor, generator: torch.Ge
 
 def rwr_update(
     ctx: RunContext, samples: Trajectories, rows: torch.Tensor, weights: torch.Tensor, draw: tuple,
-    scale: float = 1.0, slots: torch.Tensor | None = None,
+    scale: float = 1.0, slots: torch.Tensor | None = None, regulariser: Regulariser | None = None,
 ) -> StepStats:
     """Reward-weighted denoising loss on the final latents at `rows` plus prior_weight times
-    the denoising loss on the subject images, one batched UNet call, back-propagated times
+    the denoising loss on the regulariser's images, one batched UNet call, back-propagated times
     `scale`. `draw` names the optimizer step (epoch, inner epoch, update) and `slots` the
     micro-batch's places in it (default 0..m-1): noise follows each sample's seed and the
     subject image of each slot is fixed per step, so micro-batching does not change them."""
@@ -104,11 +112,11 @@ def rwr_update(
     per_sample = [generator_for(config.seed, seed, *draw, "rwr") for seed in (samples.seeds[i] for i in rows.tolist())]
     parts = [noised_at_random(ctx, latents[i : i + 1], g) for i, g in enumerate(per_sample)]
     inputs, timesteps, targets = (torch.cat(p) for p in zip(*parts))
-    prior = ctx.subject_latents is not None and config.prior_weight > 0
+    prior = regulariser is not None and config.prior_weight > 0
     if prior:
-        p_inputs, p_timesteps, p_targets = _prior_batch(ctx, slots, draw)
+        p_inputs, p_timesteps, p_targets = _prior_batch(ctx, regulariser.latents, slots, draw)
         inputs, timesteps = torch.cat([inputs, p_inputs]), torch.cat([timesteps, p_timesteps])
-        subject = ctx.embeddings([ctx.subject_prompt]).to(device).expand(len(slots), -1, -1)
+        subject = ctx.embeddings([regulariser.prompt]).to(device).expand(len(slots), -1, -1)
         embeds = torch.cat([embeds, subject])
     with ctx.precision.autocast():
         prediction = ctx.components.unet(inputs, timesteps, encoder_hidden_states=embeds).sample.float()
@@ -119,12 +127,12 @@ def rwr_update(
     return StepStats(loss=losses.loss.item(), weighted=losses.weighted.item(), prior=losses.prior.item())
 
 
-def _prior_batch(ctx: RunContext, slots: torch.Tensor, draw: tuple):
+def _prior_batch(ctx: RunContext, latents: torch.Tensor, slots: torch.Tensor, draw: tuple):
     """The subject image of each slot of the optimizer step `draw` (a seeded permutation of
     the images, cycled), noised with the slot's own generator; the same on every process."""
-    total = len(ctx.subject_latents)
+    total = len(latents)
     order = torch.randperm(total, generator=generator_for(ctx.config.seed, *draw, "prior"))
-    parts = [noised_at_random(ctx, ctx.subject_latents[int(order[int(s) % total])].unsqueeze(0),
+    parts = [noised_at_random(ctx, latents[int(order[int(s) % total])].unsqueeze(0),
                     generator_for(ctx.config.seed, *draw, int(s), "prior noise")) for s in slots]
     inputs, timesteps, targets = (torch.cat(p) for p in zip(*parts))
     return inputs, timesteps, targets
