@@ -10,7 +10,7 @@ two frozen features, side by side (a "dual" backbone, reward_learning/head.py):
   numbers). Random features carry colour, edges and blob sizes without knowing the world's
   attributes, so what the head learns comes from the labels, not from a feature made for the
   checker; and they do not depend on the generator being judged. (The demo UNet's own
-  mid-block features scored alike in a probe: held-out AUC within 0.05.)
+  features were not better in a 2-seed probe: seen AUC within 0.04, unseen within 0.1.)
 """
 
 from __future__ import annotations
