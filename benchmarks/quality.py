@@ -42,18 +42,16 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from instructbooth.demo.evaluate import ALONE, evaluate_model  # noqa: E402
 from instructbooth.demo.pipeline import (  # noqa: E402
-    ALONE,
-    DemoConfig,
-    evaluate_model,
     instruct,
     load_model,
-    lora_applied,
     machine_record,
     personalize_subject,
-    subject_weighted,
     write_reference,
 )
+from instructbooth.demo.settings import DemoConfig, subject_weighted  # noqa: E402
+from instructbooth.lora import lora_merged  # noqa: E402
 from instructbooth.files import write_json, write_text  # noqa: E402
 
 VARIANTS = {  # name -> (label, what it is)
@@ -130,7 +128,7 @@ def run_seed(components, seed: int, weights: str | None, variants: list[str], wo
     began = time.perf_counter()
     lora = personalize_subject(components, folder / "reference", config, lambda m: None).lora_state
     if missing("dreambooth"):
-        with lora_applied(components, lora):
+        with lora_merged(components, lora):
             record("dreambooth", evaluate_model(components, "identifier", config), time.perf_counter() - began)
     for name in rl_names:
         if not missing(name):
@@ -138,7 +136,7 @@ def run_seed(components, seed: int, weights: str | None, variants: list[str], wo
         began = time.perf_counter()
         run = rl_variant(config, name)
         result = instruct(components, lora, reference, run, folder / f"rl_{name}", lambda m: None)
-        with lora_applied(components, result.lora_state):
+        with lora_merged(components, result.lora_state):
             record(name, evaluate_model(components, "identifier", run), time.perf_counter() - began)
 
 

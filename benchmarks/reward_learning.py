@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 from instructbooth.demo.checker import score as check  # noqa: E402
 from instructbooth.demo.pipeline import load_model  # noqa: E402
 from instructbooth.demo.reward_features import DemoBackbone  # noqa: E402
-from instructbooth.demo.sampling import SamplerConfig, sample  # noqa: E402
+from instructbooth.demo.evaluate import SamplerConfig, sample_world  # noqa: E402
 from instructbooth.demo.world import BACKGROUNDS, COLOURS, SHAPES, Scene, captions, parse_caption  # noqa: E402
 from instructbooth.files import write_json  # noqa: E402
 from instructbooth.reward_learning import (  # noqa: E402
@@ -71,7 +71,7 @@ def world_perturbations(caption: str) -> list[str]:
 
 def sample_labelled(model, prompts: list[str], seed: int, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Images, good labels (every attribute right) and attribute shares of one sample per prompt."""
-    images = sample(model, prompts, SamplerConfig(steps=steps), torch.Generator().manual_seed(seed))
+    images = sample_world(model, prompts, SamplerConfig(steps=steps), seed)
     results = [check(image, prompt) for image, prompt in zip(images, prompts)]
     good = torch.tensor([float(all(r.values())) for r in results])
     share = torch.tensor([float(np.mean(list(r.values()))) for r in results])

@@ -7,18 +7,21 @@ is eta times DDIM's sigma_t (eta = 1 gives DDPM's posterior variance). The step 
 runs in float32: DDPO's clip range of 1e-4 on the likelihood ratio is far below what
 half precision resolves.
 
-`sample_trajectories` runs the whole sampler with batched classifier-free guidance and
-keeps what training needs (every latent, each step's log-probability, the prompt
-embeddings). Every sample draws its noise from its own seeded generator, so a sample is
-a function of (prompt, seed) alone: the same whatever the batch it is in, the process
-that runs it or the device.
+One sampler, k-diffusion style: a `Denoiser` is a callable `(x_t [B, C, h, w], t) -> model
+output` (`guided_denoiser` wraps a UNet with batched classifier-free guidance), and
+`run_ddim(denoiser, noise, schedule, eta)` is the loop. `sample_images` (images, the demo,
+class and validation images) and `sample_trajectories` (RL's samples: every latent, each
+step's log-probability, the prompt embeddings) both run it, and RL's update re-scores a
+stored step with `rescore_step` under the same denoiser. Every sample draws its noise from
+its own seeded generator, so a sample is a function of (prompt, seed) alone: the same
+whatever the batch it is in, the process that runs it or the device.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from diffusers import DDIMScheduler
@@ -27,6 +30,7 @@ from .components import SDComponents
 from .encoding import decode_latents, encode_prompts, latent_shape
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+Denoiser = Callable[[torch.Tensor, "int | torch.Tensor"], torch.Tensor]  # (x_t, t: int or [B]) -> output, float32
 
 
 @dataclass(frozen=True)
@@ -191,6 +195,48 @@ def guided_noise_prediction(
     return out_uncond + guidance * (out_cond - out_uncond)
 
 
+def guided_denoiser(unet: torch.nn.Module, cond: torch.Tensor, uncond: torch.Tensor | None,
+                    guidance: float) -> Denoiser:
+    """The UNet under classifier-free guidance for the prompts `cond` [B, L, D] (see
+    `guided_noise_prediction`), as a denoiser of x_t [B, C, h, w] at t."""
+    return lambda x, t: guided_noise_prediction(unet, x, t, cond, uncond, guidance)
+
+
+def rescore_step(denoiser: Denoiser, schedule: "DDIMSchedule", x_t: torch.Tensor, t: int | torch.Tensor,
+                 x_prev: torch.Tensor, eta: float) -> tuple[DDIMStep, torch.Tensor]:
+    """A stored step x_t -> x_prev under `denoiser` now: (the step's Gaussian, log p(x_prev) [B]),
+    with gradients through the denoiser (RL's policy-gradient update)."""
+    step = ddim_step(schedule, denoiser(x_t, t), t, x_t, eta, prev_sample=x_prev)
+    return step, gaussian_log_prob(x_prev, step.mean, step.std)
+
+
+@dataclass
+class DDIMRun:
+    """What `run_ddim` returns: the final latents, and with `keep` every latent and log-probability."""
+
+    final: torch.Tensor  # [B, C, h, w] x_0
+    latents: list[torch.Tensor]  # x_T ... x_0 (with keep), else []
+    log_probs: list[torch.Tensor]  # [B] per step (with keep), else []
+
+
+def run_ddim(denoiser: Denoiser, noise: "SampleNoise", schedule: "DDIMSchedule", eta: float,
+             keep: bool = False) -> DDIMRun:
+    """The DDIM sampler: x_T from `noise`, then one `ddim_step` per timestep of `schedule`,
+    each drawing its noise (a draw per step also at eta 0, so the draws line up for any eta).
+    `keep` records each latent and the log-probability of each step (needs eta > 0)."""
+    x = noise.next()
+    run = DDIMRun(x, [x] if keep else [], [])
+    for t in schedule.timesteps.tolist():
+        step_noise = noise.next()
+        step = ddim_step(schedule, denoiser(x, t), t, x, eta, noise=step_noise if eta > 0 else None)
+        x = step.prev_sample
+        if keep:
+            run.latents.append(x)
+            run.log_probs.append(gaussian_log_prob(x.detach(), step.mean, step.std))
+    run.final = x
+    return run
+
+
 class PromptEmbeddingCache:
     """Text-encoder outputs per prompt, computed once. Valid while the text encoder is
     unchanged (RL trains UNet LoRA only); call `clear()` after changing it."""
@@ -309,17 +355,11 @@ def sample_trajectories(
     uncond = embeddings([negative_prompt]).to(device) if guidance != 1.0 else None  # [1, L, D]
     noise = SampleNoise(seeds, latent_shape(components, height, width), device)
 
-    latents = [noise.next()]  # x_T: [B, C, h, w]
-    log_probs = []
     with torch.no_grad():
-        for t in schedule.timesteps.tolist():
-            model_output = guided_noise_prediction(components.unet, latents[-1], t, cond, uncond, guidance)
-            x_prev, log_prob = ddim_step_with_logprob(schedule, model_output, t, latents[-1], eta, noise=noise.next())
-            latents.append(x_prev)
-            log_probs.append(log_prob)
+        run = run_ddim(guided_denoiser(components.unet, cond, uncond, guidance), noise, schedule, eta, keep=True)
     return Trajectories(
-        latents=torch.stack(latents, dim=1),
-        log_probs=torch.stack(log_probs, dim=1),
+        latents=torch.stack(run.latents, dim=1),
+        log_probs=torch.stack(run.log_probs, dim=1),
         timesteps=schedule.timesteps.clone(),
         prompt_embeds=cond,
         prompts=list(prompts),
@@ -355,9 +395,5 @@ def sample_images(
     uncond = embeddings([negative_prompt]).to(device) if guidance != 1.0 else None
     noise = SampleNoise(seeds, latent_shape(components, height, width), device)
     with torch.no_grad():
-        x = noise.next()
-        for t in schedule.timesteps.tolist():
-            model_output = guided_noise_prediction(components.unet, x, t, cond, uncond, guidance)
-            step_noise = noise.next()
-            x = ddim_step(schedule, model_output, t, x, eta, noise=step_noise if eta > 0 else None).prev_sample
-        return decode_latents(components, x)
+        run = run_ddim(guided_denoiser(components.unet, cond, uncond, guidance), noise, schedule, eta)
+        return decode_latents(components, run.final)

@@ -35,7 +35,7 @@ from instructbooth.demo.model import (  # noqa: E402
     DemoModelConfig, build_demo_components, load_demo_card, load_demo_components, save_demo_model,
 )
 from instructbooth.demo.pretrain import PretrainConfig, pretrain  # noqa: E402
-from instructbooth.demo.sampling import SamplerConfig  # noqa: E402
+from instructbooth.demo.evaluate import SamplerConfig  # noqa: E402
 
 
 # Phase 2 (8 min on one thread) keeps the world (held-out alignment of the demo's evaluation 0.646, 0.667 before)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from instructbooth.demo.checker import read_image, score
-from instructbooth.demo.pipeline import DemoReward, Evaluation, canonical_prompt, class_prompt, score_image
+from instructbooth.demo.evaluate import Evaluation
+from instructbooth.demo.instructions import DemoReward, canonical_prompt, class_prompt, score_image
 from instructbooth.demo.subject import draw_prompt
 from instructbooth.demo.toys import TOY_PATTERNS, draw_toy_scene, sample_toy_batch, toy_caption
 from instructbooth.demo.world import Scene

@@ -20,7 +20,7 @@ from instructbooth.demo.model import (
     shipped_weights_path,
 )
 from instructbooth.demo.pretrain import PretrainConfig, learning_rate, pretrain
-from instructbooth.demo.sampling import SamplerConfig, sample
+from instructbooth.demo.evaluate import SamplerConfig, sample_world
 from instructbooth.encoding import decode_latents, encode_images, encode_prompts, tokenize
 
 SMOKE = PretrainConfig(steps=4, batch_size=8, warmup_steps=2, checkpoint_every=2, log_every=2)
@@ -82,13 +82,13 @@ def test_builder_shapes_and_encoding(fresh):
 
 
 def test_stochastic_ddim_from_the_last_timestep_is_finite(fresh):
-    from instructbooth.demo.sampling import ddim_scheduler
+    from instructbooth.sampling import ddim_schedule, ddim_step
 
     for steps in (10, 50, 1000):
-        scheduler = ddim_scheduler(fresh, steps)
-        t = scheduler.timesteps[0]
+        schedule = ddim_schedule(fresh.scheduler, steps)
+        t = int(schedule.timesteps[0])
         sample = torch.randn(2, 12, 16, 16)
-        out = scheduler.step(torch.randn_like(sample), t, sample, eta=1.0, variance_noise=torch.randn_like(sample))
+        out = ddim_step(schedule, torch.randn_like(sample), t, sample, eta=1.0, noise=torch.randn_like(sample))
         assert t == 999 and torch.isfinite(out.prev_sample).all(), steps
 
 
@@ -140,7 +140,7 @@ def test_shipped_model_follows_held_in_prompts():
     components = load_demo_components()
     prompts = world.captions("train")[::6]  # 12 held-in captions, every attribute value
     sampler = replace(SamplerConfig(**card["sampler"]), steps=FAST_STEPS)
-    images = sample(components, prompts, sampler, torch.Generator().manual_seed(0))
+    images = sample_world(components, prompts, sampler, seed=0)
     accuracy = attribute_accuracy(images, prompts)
     # chance: count 1/3, colour 1/4, shape 1/3, background 1/3
     assert accuracy["colour"] >= 0.75 and accuracy["background"] >= 0.75 and accuracy["reward"] >= 0.6, accuracy

@@ -13,16 +13,9 @@ import torch
 
 from instructbooth.cli import main
 from instructbooth.demo import report
-from instructbooth.demo.pipeline import (
-    DemoReward,
-    Evaluation,
-    canonical_prompt,
-    layout_prompt,
-    instruction_specs,
-    load_model,
-    rl_prompts,
-    score_image,
-)
+from instructbooth.demo.evaluate import Evaluation
+from instructbooth.demo.instructions import DemoReward, canonical_prompt, instruction_specs, layout_prompt, score_image
+from instructbooth.demo.pipeline import load_model, rl_prompts
 from instructbooth.demo.prompts import format_prompt, parse_prompt
 from instructbooth.demo.subject import draw_prompt
 from instructbooth.sampling import sample_trajectories
@@ -135,7 +128,7 @@ def spec_without(spec, subject: bool, objects: bool):
 
 
 def fake_metrics(models: dict) -> dict:
-    from instructbooth.demo.pipeline import DemoConfig
+    from instructbooth.demo.settings import DemoConfig
 
     return {"models": models, "config": DemoConfig().to_dict(), "machine": {"cpus": 2, "torch_threads": 1,
             "load_average": [1.0, 1.0, 1.0]}, "time": {"stages": {"rl": 1.0}, "total": 2.0}}

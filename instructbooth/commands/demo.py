@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    from ..demo.pipeline import DemoConfig, quick_config
+    from ..demo.settings import DemoConfig, quick_config
 
     config = quick_config(args.seed, args.weights) if args.quick else DemoConfig(seed=args.seed, weights=args.weights)
     config = replace(config, detailed=not args.no_description)

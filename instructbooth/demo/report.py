@@ -21,7 +21,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ..files import write_text
-from .pipeline import ALONE
+from .evaluate import ALONE
 
 MODEL_NAMES = {"base": "Base model", "dreambooth": "DreamBooth", "instructbooth": "InstructBooth"}
 PROMPT_KINDS = {"base": "without identifier", "dreambooth": "with identifier", "instructbooth": "with identifier"}

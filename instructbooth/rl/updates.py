@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..sampling import Trajectories, ddim_step, gaussian_log_prob, guided_noise_prediction
+from ..sampling import Trajectories, guided_denoiser, rescore_step
 from .context import RunContext, generator_for
 from .ddpo import ddpo_loss, gaussian_step_kl
 from .rwr import rwr_loss
@@ -50,11 +50,11 @@ def ddpo_update(
     """DDPO on the samples at `rows` [m]: for each column j of step_index [m, K] (a step of
     each trajectory), re-score that step under the current model and back-propagate the
     clipped surrogate (plus the KL guard on identifier samples), times scale / K."""
-    config, unet = ctx.config, ctx.components.unet
+    config, device = ctx.config, ctx.device
     uncond = ctx.uncond()
-    device = ctx.device
     rows_dev = rows.to(device)
     embeds = samples.prompt_embeds[rows_dev]  # [m, L, D]
+    denoiser = guided_denoiser(ctx.components.unet, embeds, uncond, config.guidance)
     adv = advantages.to(device)
     kl_rows = identifier.to(device) if config.kl_weight > 0 else torch.zeros(len(rows), dtype=torch.bool, device=device)
     steps = step_index.shape[1]
@@ -64,9 +64,7 @@ def ddpo_update(
         x_t, x_prev = samples.latents[rows_dev, index], samples.latents[rows_dev, index + 1]  # [m, C, h, w]
         timesteps = samples.timesteps.to(device)[index]  # [m]
         with ctx.precision.autocast():
-            output = guided_noise_prediction(unet, x_t, timesteps, embeds, uncond, config.guidance)
-        step = ddim_step(ctx.schedule, output, timesteps, x_t, config.eta, prev_sample=x_prev)
-        log_prob = gaussian_log_prob(x_prev, step.mean, step.std)  # [m]
+            step, log_prob = rescore_step(denoiser, ctx.schedule, x_t, timesteps, x_prev, config.eta)  # log_prob [m]
         policy = ddpo_loss(log_prob, samples.log_probs[rows_dev, index], adv, config.clip_range)
         penalty = _kl_penalty(ctx, step, x_t, timesteps, embeds, uncond, kl_rows)
         loss = policy.loss + config.kl_weight * penalty
@@ -80,11 +78,11 @@ def _kl_penalty(ctx, step, x_t, timesteps, embeds, uncond, rows: torch.Tensor) -
     """Mean over the minibatch of KL(policy step || reference step), counted on `rows` only."""
     if not bool(rows.any()):
         return torch.zeros((), device=x_t.device)
+    reference = guided_denoiser(ctx.components.unet, embeds[rows], uncond, ctx.config.guidance)
     with torch.no_grad(), ctx.policy.reference(), ctx.precision.autocast():
-        reference = guided_noise_prediction(ctx.components.unet, x_t[rows], timesteps[rows], embeds[rows], uncond,
-                                            ctx.config.guidance)
-    reference_mean = ddim_step(ctx.schedule, reference, timesteps[rows], x_t[rows], ctx.config.eta,
-                               prev_sample=step.prev_sample[rows]).mean
+        reference_step, _ = rescore_step(reference, ctx.schedule, x_t[rows], timesteps[rows], step.prev_sample[rows],
+                                         ctx.config.eta)
+    reference_mean = reference_step.mean
     kl = gaussian_step_kl(step.mean[rows], reference_mean, step.std[rows])  # [k]
     return kl.sum() / len(rows)
 
