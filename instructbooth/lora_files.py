@@ -24,7 +24,7 @@ from .lora_keys import LoraError
 from .training import non_finite_keys
 
 OUR_PREFIX = "instructbooth."
-METHODS = ("personalize", "ddpo", "rwr", "dpo", "merged")
+METHODS = ("personalize", "ddpo", "rwr", "lee", "dpo", "merged")
 
 
 @dataclass

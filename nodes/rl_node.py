@@ -13,7 +13,7 @@ from ..instructbooth.prompts import (
     parse_prompt_lines,
     shipped_prompt_sets,
 )
-from ..instructbooth.rl.config import ADVANTAGE_MODES, RLConfig
+from ..instructbooth.rl.config import ADVANTAGE_MODES, METHODS, RLConfig
 from ..instructbooth.rl.metrics import draw_reward_curve
 from ..instructbooth.training import state_fingerprint
 from ..instructbooth.rl.trainer import train_rl
@@ -57,9 +57,11 @@ class RLFineTune(io.ComfyNode):
                                "'a plushie ...'. InstructBooth mixes both."),
                 io.Boolean.Input("use_description", default=DEFAULTS.use_description,
                                  tooltip="Append the description to identifier prompts."),
-                io.Combo.Input("method", options=["ddpo", "rwr"], default=DEFAULTS.method,
+                io.Combo.Input("method", options=list(METHODS), default=DEFAULTS.method,
                                tooltip="ddpo: policy gradient on the sampling steps (InstructBooth); rwr: "
-                               "reward-weighted denoising loss (needs subject_images unless prior_weight is 0)."),
+                               "reward-weighted denoising loss on fresh samples every epoch; lee: Lee et al. 2023, "
+                               "one offline round weighted by the reward itself (a learned reward). rwr and lee need "
+                               "subject_images or regulariser_images unless rwr_beta is 0."),
                 io.Int.Input("epochs", default=DEFAULTS.epochs, min=1, max=10000,
                              tooltip="Rounds of sample -> score -> train."),
                 io.Int.Input("sample_steps", default=DEFAULTS.sample_steps, min=1, max=1000,
@@ -99,7 +101,7 @@ class RLFineTune(io.ComfyNode):
                              tooltip="Rank of the new LoRA trained on top of the subject LoRA."),
                 io.Float.Input("kl_weight", default=DEFAULTS.kl_weight, min=0.0, max=100.0, step=0.01,
                                tooltip="ddpo: penalty for drifting from the personalized model on identifier samples."),
-                io.Float.Input("prior_weight", default=DEFAULTS.prior_weight, min=0.0, max=100.0, step=0.01,
+                io.Float.Input("rwr_beta", default=DEFAULTS.rwr_beta, min=0.0, max=100.0, step=0.01,
                                tooltip="rwr: weight of the denoising loss on subject_images (keeps the subject)."),
                 io.Combo.Input("mixed_precision", options=["no", "fp16", "bf16"], default=DEFAULTS.mixed_precision,
                                tooltip="16-bit frozen weights (fp16/bf16) save memory on GPUs; 'no' is float32."),
@@ -117,6 +119,9 @@ class RLFineTune(io.ComfyNode):
                 io.Float.Input("subject_threshold", default=0.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Stop (keeping the LoRA of the epoch before) when the subject measure falls "
                                "below this; 0 = never. DINO of a well-kept subject is typically 0.5-0.7."),
+                io.Image.Input("regulariser_images", optional=True,
+                               tooltip="rwr/lee: images for the beta term instead of subject_images (e.g. class "
+                               "images), each with the class prompt 'a photo of a <class noun>'."),
                 io.Image.Input("subject_images", optional=True,
                                tooltip="The personalization photos (a batch), for rwr's subject regulariser."),
             ],
@@ -144,7 +149,8 @@ class RLFineTune(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, vae, image_reward, prompts, identifier, class_noun, description, lora_name,
-                lora=None, subject_images=None, subject_measure=None, **settings) -> io.NodeOutput:
+                lora=None, subject_images=None, subject_measure=None, regulariser_images=None,
+                **settings) -> io.NodeOutput:
         config, measure = _config(settings), _subject_measure(subject_measure, subject_images)
         subject = Subject(identifier.strip(), class_noun.strip(), description.strip())
         prompt_set = RLPrompts(tuple(prompt_templates(prompts)), subject)
@@ -156,14 +162,14 @@ class RLFineTune(io.ComfyNode):
             result = train_on_comfy_weights(bridge.trainable_copy(state), model, config.total_updates, lambda parts,
                                             progress: train_rl(parts, interruptible(image_reward), prompt_set, config,
                                                                progress, run.path, base_lora=lora,
-                                                               subject_images=subject_images, subject_measure=measure))
+                                                               subject_images=subject_images, subject_measure=measure,
+                                                               regulariser_images=regulariser_images))
             save_lora(run.result_path, result.lora_state, result.metadata)
 
         run = keyed_run("rl", lora_name, config, train, weights=weights, base_lora=state_fingerprint(lora),
                         reward=fingerprint_tensors(image_reward.model.state_dict()), prompts=prompt_set.templates,
                         subject=[subject.identifier, subject.class_noun, subject.description],
-                        subject_images=fingerprint_images([subject_images]) if subject_images is not None else None,
-                        subject_measure=fingerprint_tensors(subject_measure.model.state_dict()) if measure else None)
+                        **_image_keys(subject_images, regulariser_images, subject_measure if measure else None))
         model, clip, tuned, _ = publish_lora(run, model, clip, lora_name, weights)
         history = run.read_json("metrics.json", {}).get("epochs", [])
         rewards = [entry["reward"]["all"]["mean"] for entry in history]
@@ -196,13 +202,20 @@ def prompt_templates(text: str) -> list[str]:
 
 
 NOT_SETTINGS = ("model", "clip", "vae", "image_reward", "prompts", "identifier", "class_noun", "description",
-                "lora_name", "lora", "subject_images", "subject_measure")
+                "lora_name", "lora", "subject_images", "subject_measure", "regulariser_images")
 
 
 def _config(settings: dict) -> RLConfig:
     """The RLConfig of the node's setting inputs, named like its fields (`resolution`: height and
     width; the LoRA alpha follows its rank, RLConfig's default; subject_threshold 0 is no guard)."""
     return config_from_inputs(RLConfig, settings, subject_threshold=settings.get("subject_threshold") or None)
+
+
+def _image_keys(subject_images, regulariser_images, measure_model) -> dict:
+    """Run-key fingerprints of the optional inputs (None where not connected)."""
+    return {"subject_images": fingerprint_images([subject_images]) if subject_images is not None else None,
+            "regulariser_images": fingerprint_images([regulariser_images]) if regulariser_images is not None else None,
+            "subject_measure": fingerprint_tensors(measure_model.model.state_dict()) if measure_model else None}
 
 
 def _warn_if_patched(model, lora) -> None:

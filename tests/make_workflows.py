@@ -227,7 +227,7 @@ def full_workflow(s) -> Graph:
     photos, personal = personalize_nodes(g, ckpt)
     rl = g.add("InstructBoothRLFineTune", (820, 120), GPU_SETTINGS,
                {"model": (ckpt, 0), "clip": (ckpt, 1), "vae": (ckpt, 2), "lora": (personal, 2)})
-    reward = g.add("InstructBoothImageRewardLoader", (820, 1200), {"reward_file": "ImageReward.pt"})
+    reward = g.add("InstructBoothImageRewardLoader", (820, 1300), {"reward_file": "ImageReward.pt"})
     g.connect(reward, 0, rl, "image_reward")
     g.add("LossGraphNode", (1260, 120), {"filename_prefix": "instructbooth/rl_reward"}, {"loss": (rl, 3)},
           title="Plot reward per epoch", height=IMAGE_HEIGHT)

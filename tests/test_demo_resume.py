@@ -49,6 +49,7 @@ def _demo(out, capsys):
     return code, capsys.readouterr()
 
 
+@pytest.mark.slow  # about 20 s on 2 cores
 def test_ctrl_c_during_rl_then_the_same_command_resumes_bit_exactly(tmp_path, monkeypatch, capsys):
     from instructbooth.demo import pipeline
     from instructbooth.lora import load_lora

@@ -270,7 +270,7 @@ def test_training_seeds_stay_fixed_in_the_frontend(nodes):
     from workflow_graphs import has_control_widget
 
     seeds = [(name, i) for name, cls in nodes.items() for i in cls.define_schema().inputs if i.id in ("seed", "noise_seed")]
-    assert len(seeds) == 4  # Personalize, RL Fine-Tune, Preference Pairs, DPO
+    assert len(seeds) == 5  # Personalize, RL Fine-Tune, Preference Pairs, DPO, Learn Reward
     for name, item in seeds:
         assert item.extra.get("control_after_generate") is False, name
         assert not has_control_widget(item.id, item.extra)

@@ -79,7 +79,7 @@ def run_rl(model, clip, vae, scorer, lora, **changes):
     settings = dict(prompts=PROMPTS, identifier="sks", class_noun="plushie", description="", lora_name="ib/rl",
                     identifier_ratio=0.5, use_description=False, method="ddpo", epochs=2, sample_steps=2, guidance=2.0,
                     resolution=32, sample_batch_size=2, sample_batches=1, train_batch_size=2, learning_rate=1e-3,
-                    lora_rank=2, kl_weight=0.0, prior_weight=0.0, mixed_precision="no", gradient_checkpointing=False,
+                    lora_rank=2, kl_weight=0.0, rwr_beta=0.0, mixed_precision="no", gradient_checkpointing=False,
                     seed=0, images_per_prompt=2, gradient_accumulation_steps=1)
     settings.update(changes)
     node = pack_module("nodes.rl_node").RLFineTune
@@ -270,13 +270,13 @@ def test_rl_rerun_reuses_and_cancel_resumes_to_the_same_lora(rl_run, comfy_input
 
 def test_rwr_without_subject_images_asks_for_them(comfy_inputs, scorer, personalized):
     with pytest.raises(ValueError, match="subject_images"):
-        run_rl(*comfy_inputs, scorer, personalized[0][2], method="rwr", prior_weight=1.0, lora_name="ib/rwr")
+        run_rl(*comfy_inputs, scorer, personalized[0][2], method="rwr", rwr_beta=1.0, lora_name="ib/rwr")
 
 
 @pytest.mark.parametrize("size", [(40, 48), (24, 64)])  # larger and wider than the 32x32 training size
 def test_rwr_trains_on_subject_photos_of_any_size(comfy_inputs, scorer, personalized, size):
     photos = torch.rand(2, *size, 3, generator=torch.Generator().manual_seed(5))  # ComfyUI IMAGE, BHWC
-    outputs = run_rl(*comfy_inputs, scorer, personalized[0][2], method="rwr", prior_weight=1.0, epochs=1,
+    outputs = run_rl(*comfy_inputs, scorer, personalized[0][2], method="rwr", rwr_beta=1.0, epochs=1,
                      lora_name=f"ib/rwr{size[1]}", subject_images=photos)
     tuned, metadata = lora_file(f"ib/rwr{size[1]}")
     assert metadata.method == "rwr" and len(outputs[3]["loss"]) == 1

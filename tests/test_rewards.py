@@ -115,7 +115,7 @@ def test_load_reward_by_name_and_argument():
 
 
 def test_unknown_names_and_bad_arguments_are_clear():
-    with pytest.raises(ValueError, match="unknown reward 'aesthetic'; known rewards: brightness, imagereward"):
+    with pytest.raises(ValueError, match="unknown reward 'aesthetic'; known rewards: brightness, clip_i, dino, imagereward, learned, target_color"):
         load_reward("aesthetic")
     with pytest.raises(ValueError, match="r,g,b"):
         load_reward("target_color:red")

@@ -103,7 +103,7 @@ def test_rwr_loss_exact():
     prediction = torch.stack([torch.ones(1, 2, 2), torch.full((1, 2, 2), 2.0)])
     torch.testing.assert_close(denoising_error(prediction, target), torch.tensor([1.0, 4.0]))
     prior_prediction, prior_target = torch.full((1, 1, 2, 2), 3.0), torch.zeros(1, 1, 2, 2)
-    out = rwr_loss(prediction, target, torch.tensor([0.5, 1.5]), prior_prediction, prior_target, prior_weight=0.1)
+    out = rwr_loss(prediction, target, torch.tensor([0.5, 1.5]), prior_prediction, prior_target, rwr_beta=0.1)
     assert out.weighted.item() == pytest.approx((0.5 * 1 + 1.5 * 4) / 2)
     assert out.prior.item() == pytest.approx(9.0)
     assert out.loss.item() == pytest.approx(3.25 + 0.9)

@@ -84,13 +84,13 @@ def test_rwr_lowers_its_weighted_loss_on_fixed_samples():
 
     components = tiny_components(0)
     config = Config(method="rwr", sample_steps=4, guidance=1.0, height=16, width=16, learning_rate=1e-2,
-                    prior_weight=0.5, sample_batch_size=8, sample_batches=1, train_batch_size=8,
+                    rwr_beta=0.5, sample_batch_size=8, sample_batches=1, train_batch_size=8,
                     gradient_accumulation_steps=1)
     policy = Policy.prepare(components, config, None)
     subject = torch.rand(3, 4, 8, 8, generator=torch.Generator().manual_seed(3))
     ctx = RunContext(components, policy, config, PROMPTS, brightness, Processes(), Precision.create("no", "cpu"),
                      ddim_schedule(components.scheduler, 4), PromptEmbeddingCache(components))
-    regulariser = Regulariser(subject, "a photo of sks plushie")
+    regulariser = Regulariser(subject, ("a photo of sks plushie",) * 3)
     prompts = [d.text for d in PROMPTS.draw(8, 0.5, torch.Generator().manual_seed(0))]
     samples = sample_trajectories(components, prompts, list(range(8)), num_steps=4, guidance=1.0, height=16, width=16)
     weights = reward_weights(brightness(decode_latents(components, samples.final_latents), prompts, [{}] * 8),

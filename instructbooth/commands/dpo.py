@@ -166,9 +166,10 @@ def make_subject(args: argparse.Namespace, metadata):
 
 
 def reward_options(spec: str, device) -> dict:
-    """ImageReward runs on the model's device; cheap rewards take no options."""
-    name = spec.split(":", 1)[0].strip().lower().replace("-", "_")
-    return {"device": device} if name in ("imagereward", "image_reward") else {}
+    """Reward models (ImageReward, a learned reward) run on the model's device; cheap rewards take no options."""
+    from ..rewards.registry import device_options
+
+    return device_options(spec, device)
 
 
 def model_hash(checkpoint: str, metadata) -> str:

@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                               "(default actions,interactions)")
     subject.add_argument("--heldout", default="heldout", help="held-out set or .txt file; 'none' for no evaluation")
     subject.add_argument("--subject-images", help="folder of the subject photos (RWR's regulariser)")
+    subject.add_argument("--regulariser-images", help="rwr/lee: images for the beta term instead of the subject photos "
+                         "(class images, a captioned folder: a .txt beside an image is its prompt)")
     subject.add_argument("--subject-measure", help="subject likeness of identifier samples to --subject-images, logged "
                          "every epoch and read by --subject-threshold: dino:/models/dino-vits16 or clip_i:/models/clip")
     from ..rl.config import RLConfig
@@ -72,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from ..training import NonFiniteLossError
 
     config = config_from_args(args)
-    inputs = [args.checkpoint, args.lora, reward_weights_file(args.reward), args.subject_images,
+    inputs = [args.checkpoint, args.lora, reward_weights_file(args.reward), args.subject_images, args.regulariser_images,
               reward_weights_file(args.subject_measure or ""), *prompt_files(args)]
     output = check_output_file(args.output, inputs, folders=[args.checkpoint_dir])  # before any work
     check_output_folder(args.checkpoint_dir or output.with_name(f"{output.stem}_metrics"), inputs)
@@ -80,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
         "base checkpoint": args.checkpoint or f"random:{args.random_model}", "personalized LoRA": args.lora,
         "reward": [args.reward, *filter(None, [reward_weights_file(args.reward)])],
         "prompts": [args.prompts, args.heldout, *prompt_files(args)],
-        "subject images": args.subject_images, "subject measure": args.subject_measure}, not args.no_resume)
+        "subject images": args.subject_images, "regulariser images": args.regulariser_images,
+        "subject measure": args.subject_measure}, not args.no_resume)
     processes, device = Processes.from_environment()
     if processes.world_size == 1 and args.device != "auto":
         from ..devices import resolve_device
@@ -98,11 +101,16 @@ def run(args: argparse.Namespace) -> int:
         from ..subject_data import training_photos
 
         subject_images = training_photos(args.subject_images, config.height, config.width)
+    if args.regulariser_images:
+        from ..subject_data import load_subject_images
+
+        load_subject_images(args.regulariser_images)  # unreadable images fail before the model loads
     components, model_hash = load_model(args, device)
     log = _progress_printer(processes.is_main)
     try:
         result = train_rl(components, reward, prompts, config, callback=log, checkpoint_dir=args.checkpoint_dir,
                           resume=not args.no_resume, base_lora=base_lora, subject_images=subject_images,
+                          regulariser_images=args.regulariser_images,
                           subject_measure=measure, base_model_hash=model_hash or meta.base_model_hash)
     except KeyboardInterrupt:
         kept = f"; rerun the same command to resume from {args.checkpoint_dir}" if args.checkpoint_dir else ""
@@ -152,7 +160,9 @@ def _reward_options(spec: str, device, subject_images: str | None = None) -> dic
             raise ValueError(f"--subject-measure {spec} compares samples with the subject's photos: give "
                              "--subject-images (the photos the LoRA was personalized on)")
         return {"device": device, "reference_images": subject_images}
-    return {"device": device} if name in ("imagereward", "image_reward") else {}
+    from ..rewards.registry import device_options
+
+    return device_options(spec, device)
 
 
 def load_model(args: argparse.Namespace, device):

@@ -108,6 +108,11 @@ def reward_weights_file(spec: str) -> str | None:
     return argument if _normalise(name) in WEIGHTED_REWARDS and argument else None
 
 
+def device_options(spec: str, device) -> dict:
+    """The `device=` option for specs whose reward is a model on a device (see WEIGHTED_REWARDS), else {}."""
+    return {"device": device} if _normalise(str(spec).partition(":")[0]) in WEIGHTED_REWARDS else {}
+
+
 def _normalise(name: str) -> str:
     key = name.strip().lower().replace("-", "_")
     return "imagereward" if key == "image_reward" else key

@@ -5,8 +5,10 @@ micro-batch is trained on it (`backward`). The trainer's loop knows neither.
   tracker, or the batch), and the clipped importance-sampled policy gradient on a seeded subset
   of each trajectory's steps (plus the KL guard on identifier samples).
 - `RWR` (reward-weighted fine-tuning, Lee et al. 2023): per-sample weights from the rewards, and
-  the weighted denoising loss on the final latents plus beta (`prior_weight`) times the denoising
+  the weighted denoising loss on the final latents plus beta (`rwr_beta`) times the denoising
   loss on regulariser data (`Regulariser`: by default the subject photos with their prompt).
+  Method "rwr" weights with `rwr_weighting`; method "lee" with the reward itself, as published
+  (the trainer also keeps its first epoch's samples: `RLConfig.offline`).
 
 `make_algorithm(config, regulariser)` picks one by `config.method`.
 """
@@ -70,20 +72,22 @@ class DDPO:
 class RWR:
     config: RLConfig
     regulariser: Regulariser | None = None
+    weighting: str = "exp"  # see rwr.reward_weights
     logged: tuple[str, ...] = ("loss", "weighted", "prior")
 
     def signal(self, tracker: PerPromptStatTracker, samples) -> tuple[torch.Tensor, None]:
-        return reward_weights(samples.rewards, self.config.rwr_weighting, self.config.rwr_temperature), None
+        return reward_weights(samples.rewards, self.weighting, self.config.rwr_temperature), None
 
     def backward(self, ctx, samples, rows, signal, identifier, draw, scale, slots) -> StepStats:
         return rwr_update(ctx, samples.trajectories, rows, signal, draw, scale, slots, self.regulariser)
 
 
 def make_algorithm(config: RLConfig, regulariser: Regulariser | None = None) -> Algorithm:
-    """The algorithm of `config.method`; RWR's regulariser data is needed when prior_weight > 0."""
+    """The algorithm of `config.method`; RWR's regulariser data is needed when rwr_beta > 0."""
     if config.method == "ddpo":
         return DDPO(config)
-    if config.prior_weight > 0 and regulariser is None:
-        raise ValueError("method 'rwr' with prior_weight > 0 needs subject_images (the personalization photos); "
-                         "pass them or set prior_weight=0")
-    return RWR(config, regulariser)
+    if config.rwr_beta > 0 and regulariser is None:
+        raise ValueError(f"method {config.method!r} with rwr_beta > 0 needs subject_images (the personalization "
+                         "photos) or regulariser_images (class images, a captioned folder) for its beta term; pass "
+                         "them or set rwr_beta=0")
+    return RWR(config, regulariser, "reward" if config.method == "lee" else config.rwr_weighting)

@@ -10,7 +10,7 @@ from ..lora import UNET_ATTENTION_TARGETS, LoraConfig
 from ..training import non_finite_problem, precision_problem
 from .rwr import WEIGHTINGS as RWR_WEIGHTINGS
 
-METHODS = ("ddpo", "rwr")
+METHODS = ("ddpo", "rwr", "lee")
 ADVANTAGE_MODES = ("group", "tracker", "batch")
 
 
@@ -24,7 +24,9 @@ class RLConfig:
     RUN_CONTROL: ClassVar[tuple[str, ...]] = ("keep_checkpoints", "heldout_every")  # do not change the LoRA
 
     method: str = "ddpo"  # "ddpo": clipped importance-sampled policy gradient (Black et al. 2023);
-    #                       "rwr": reward-weighted denoising loss + subject-image regulariser (Lee et al. 2023)
+    #   "rwr": reward-weighted denoising loss (rwr_weighting) + beta x regulariser, fresh samples every epoch;
+    #   "lee": Lee et al. 2023 as published: one offline round (the first epoch's samples, scored once, are
+    #   trained on in every epoch), weights = the reward itself (use a learned reward in [0, 1]), + beta x regulariser
     # --- sampling (each epoch draws fresh samples from the current model)
     sample_steps: int = 50  # DDIM steps per sample (DDPO's 50)
     eta: float = 1.0  # DDIM noise: 1.0 = DDPM's variance (DDPO's setting); must be > 0 (a stochastic policy)
@@ -74,9 +76,11 @@ class RLConfig:
     reward_plain_prompt: bool = True  # score images against the prompt without the identifier (a reward model
     #                                   does not know "sks"); False: against the prompt as generated
     # --- reward-weighted fine-tuning (method "rwr")
-    rwr_weighting: str = "exp"  # "exp": weights = B softmax(r / temperature); "linear": shifted rewards, mean 1
+    rwr_weighting: str = "exp"  # method "rwr": "exp": B softmax(r / temperature); "linear": shifted rewards, mean 1;
+    #   "reward": the reward itself clamped at 0 (what method "lee" always uses)
     rwr_temperature: float = 1.0  # temperature of "exp" weights (in reward units)
-    prior_weight: float = 1.0  # lambda: weight of the denoising loss on the subject images (needs subject_images)
+    rwr_beta: float = 1.0  # Lee et al.'s beta: weight of the denoising loss on the regulariser images (the subject
+    #   photos by default, or regulariser_images: class images, a captioned folder); needs them when > 0
     # --- keeping the subject
     kl_weight: float = 0.0  # DDPO: weight of the per-step KL to the frozen personalized model on identifier samples
     subject_threshold: float | None = None  # stop when the subject measure on identifier samples falls below this
@@ -124,8 +128,10 @@ class RLConfig:
                    f"{self.width}x{self.height}; {self.width // 8 * 8}x{self.height // 8 * 8} is the nearest below")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             yield f"max_grad_norm must be > 0 or None (no clipping), got {self.max_grad_norm}: 0 zeroes every update"
+        if self.method == "lee" and self.inner_epochs < 1:
+            yield "inner_epochs must be >= 1"
         if self.kl_weight < 0 or (self.kl_weight > 0 and self.method != "ddpo"):
-            yield "kl_weight must be >= 0 and only applies to method 'ddpo' (RWR's guard is prior_weight)"
+            yield "kl_weight must be >= 0 and only applies to method 'ddpo' (RWR's guard is rwr_beta)"
         if self.continue_base_lora and self.kl_weight > 0:
             yield "kl_weight needs a new LoRA on top of the personalized one (continue_base_lora=False)"
 
@@ -166,6 +172,11 @@ class RLConfig:
         if self.advantage in ("batch", "tracker") and self.samples_per_epoch < 2:
             yield (f"advantage {self.advantage!r} normalises against the epoch's rewards, and with 1 sample per "
                    "epoch every advantage is 0: draw at least 2 (sample_batch_size x sample_batches)")
+
+    @property
+    def offline(self) -> bool:
+        """Lee et al.'s one round: the first epoch's samples are trained on in every epoch."""
+        return self.method == "lee"
 
     @property
     def samples_per_update(self) -> int:

@@ -27,7 +27,7 @@ from ..encoding import encode_images
 from ..lora import LoraMetadata
 from ..prompts import HELDOUT, IDENTIFIER, RLPrompts
 from ..sampling import PromptEmbeddingCache, ddim_schedule
-from ..subject_data import ImageSource, training_photos
+from ..subject_data import ImageSource, load_subject_images, training_photos
 from ..training import (
     CheckpointStore,
     Precision,
@@ -52,6 +52,7 @@ from .config import RLConfig
 from .context import RunContext, generator_for
 from .distributed import Processes
 from .metrics import clear_metrics, group_stats, summarize, write_metrics
+from .offline import OfflineRound
 from .policy import Policy, State
 from .updates import Regulariser, StepStats
 
@@ -91,6 +92,7 @@ def train_rl(
     *,
     subject_images: ImageSource | None = None,
     subject_prompt: str | None = None,
+    regulariser_images: ImageSource | None = None,
     subject_measure: Callable | None = None,
     base_model_hash: str = "",
 ) -> RLResult:
@@ -99,7 +101,9 @@ def train_rl(
     reward_fn / subject_measure: `(images [B,3,H,W] in [0,1], prompts, metadata) -> [B]`.
     `subject_images` (files, a folder or an image batch of any size; scaled and centre-cropped
     to the training size) with `subject_prompt` (default "a photo of
-    <trigger phrase>") feed RWR's regulariser. `callback(StepReport)` runs after every
+    <trigger phrase>") feed RWR's regulariser (the beta term), unless `regulariser_images` are
+    given (class images, a captioned folder: a `.txt` beside an image is its prompt, else
+    "a photo of a <class noun>"). `callback(StepReport)` runs after every
     optimizer step; returning False (or raising StopTraining) stops the run and returns
     the LoRA of the last completed epoch, which is also the last checkpoint. With a
     `checkpoint_dir`, every epoch writes a checkpoint, metrics.json and reward_curve.png
@@ -113,8 +117,8 @@ def train_rl(
     if base_lora is not None and non_finite_keys(base_lora):
         raise ValueError("the personalized LoRA holds NaN or inf weights: it was saved from a diverged run; "
                          "personalize again with a lower learning rate")
-    if config.method == "rwr" and config.prior_weight > 0 and subject_images is None:
-        make_algorithm(config)  # refuses, naming subject_images, before any work
+    if config.method != "ddpo" and config.rwr_beta > 0 and subject_images is None and regulariser_images is None:
+        make_algorithm(config)  # refuses, naming the regulariser images, before any work
     store = CheckpointStore(checkpoint_dir, config.keep_checkpoints) if checkpoint_dir is not None else None
     if store is not None and not resume:
         if processes.is_main:
@@ -132,10 +136,7 @@ def train_rl(
                 schedule=ddim_schedule(components.scheduler, config.sample_steps).to(components.device),
                 embeddings=PromptEmbeddingCache(components), subject_measure=subject_measure,
             )
-            regulariser = None
-            if subject_images is not None:
-                regulariser = Regulariser(_encode_subject(ctx, subject_images),
-                                          subject_prompt or f"a photo of {prompts.subject.trigger_phrase}")
+            regulariser = _regulariser(ctx, subject_images, subject_prompt, regulariser_images)
             algorithm = make_algorithm(config, regulariser)
             with gradient_checkpointing([components.unet], config.gradient_checkpointing):
                 return _run(ctx, algorithm, store, callback, checkpoint_dir, base_model_hash)
@@ -143,7 +144,21 @@ def train_rl(
             policy.release()
 
 
-def _encode_subject(ctx: RunContext, images: ImageSource) -> torch.Tensor:
+def _regulariser(ctx: RunContext, subject_images, subject_prompt, regulariser_images) -> Regulariser | None:
+    """RWR's beta-term data: `regulariser_images` with their captions (else the class prompt), or
+    the subject photos with `subject_prompt`; None without either (or for DDPO)."""
+    if ctx.config.method == "ddpo" or (subject_images is None and regulariser_images is None):
+        return None
+    if regulariser_images is not None:
+        class_prompt = f"a photo of {ctx.prompts.subject.plain_phrase}"
+        captions = tuple(image.caption or class_prompt for image in load_subject_images(regulariser_images))
+        return Regulariser(_encode_images(ctx, regulariser_images), captions)
+    latents = _encode_images(ctx, subject_images)
+    prompt = subject_prompt or f"a photo of {ctx.prompts.subject.trigger_phrase}"
+    return Regulariser(latents, (prompt,) * len(latents))
+
+
+def _encode_images(ctx: RunContext, images: ImageSource) -> torch.Tensor:
     pixels = training_photos(images, ctx.config.height, ctx.config.width)
     with torch.no_grad(), ctx.precision.autocast():
         latents = encode_images(ctx.components, pixels, generator=torch.Generator().manual_seed(ctx.config.seed))
@@ -168,9 +183,10 @@ def _run(ctx: RunContext, algorithm: Algorithm, store, callback, metrics_dir, ba
         return RLResult(ctx.policy.one_file_state(trained), trained, metadata, state.history, state.epoch,
                         reason, final_heldout, tracker.stats(), last)
 
+    offline = OfflineRound(Path(metrics_dir) if store is not None else None) if config.offline else None
     for epoch in range(state.epoch, config.epochs):
         start_state, began = ctx.policy.trained_state(), time.perf_counter()
-        samples = collect_samples(ctx, epoch)
+        samples = offline.samples(ctx, epoch) if offline is not None else collect_samples(ctx, epoch)
         heldout, eval_seconds = _maybe_heldout(ctx, epoch)
         measure = summarize(samples.subject_scores)["mean"] if samples.subject_scores else None
         if config.subject_threshold is not None and measure is not None and measure < config.subject_threshold:

@@ -20,10 +20,12 @@ from ..training import draw_noise, noised
 
 @dataclass(frozen=True)
 class Regulariser:
-    """RWR's regulariser data: images the model keeps denoising well (beta term), with their prompt."""
+    """RWR's regulariser data: images the model keeps denoising well (the beta term), each with its
+    prompt (Lee et al.: pre-training data; the subject photos with "a photo of sks plushie" by
+    default; class images with the class prompt; a captioned folder)."""
 
     latents: torch.Tensor  # [P, C, h, w] VAE latents (float32, on the training device)
-    prompt: str  # e.g. "a photo of sks plushie" for the subject photos
+    prompts: tuple[str, ...]  # [P] the prompt of each image
 
 
 @dataclass
@@ -98,7 +100,7 @@ def rwr_update(
     ctx: RunContext, samples: Trajectories, rows: torch.Tensor, weights: torch.Tensor, draw: tuple,
     scale: float = 1.0, slots: torch.Tensor | None = None, regulariser: Regulariser | None = None,
 ) -> StepStats:
-    """Reward-weighted denoising loss on the final latents at `rows` plus prior_weight times
+    """Reward-weighted denoising loss on the final latents at `rows` plus rwr_beta times
     the denoising loss on the regulariser's images, one batched UNet call, back-propagated times
     `scale`. `draw` names the optimizer step (epoch, inner epoch, update) and `slots` the
     micro-batch's places in it (default 0..m-1): noise follows each sample's seed and the
@@ -110,27 +112,29 @@ def rwr_update(
     per_sample = [generator_for(config.seed, seed, *draw, "rwr") for seed in (samples.seeds[i] for i in rows.tolist())]
     parts = [noised_at_random(ctx, latents[i : i + 1], g) for i, g in enumerate(per_sample)]
     inputs, timesteps, targets = (torch.cat(p) for p in zip(*parts))
-    prior = regulariser is not None and config.prior_weight > 0
+    prior = regulariser is not None and config.rwr_beta > 0
     if prior:
-        p_inputs, p_timesteps, p_targets = _prior_batch(ctx, regulariser.latents, slots, draw)
+        p_inputs, p_timesteps, p_targets, p_prompts = _prior_batch(ctx, regulariser, slots, draw)
         inputs, timesteps = torch.cat([inputs, p_inputs]), torch.cat([timesteps, p_timesteps])
-        subject = ctx.embeddings([regulariser.prompt]).to(device).expand(len(slots), -1, -1)
+        subject = ctx.embeddings(p_prompts).to(device)
         embeds = torch.cat([embeds, subject])
     with ctx.precision.autocast():
         prediction = ctx.components.unet(inputs, timesteps, encoder_hidden_states=embeds).sample.float()
     m = len(rows)
     losses = rwr_loss(prediction[:m], targets, weights.to(device),
-                      prediction[m:] if prior else None, p_targets if prior else None, config.prior_weight)
+                      prediction[m:] if prior else None, p_targets if prior else None, config.rwr_beta)
     ctx.precision.backward(losses.loss * scale)
     return StepStats(loss=losses.loss.item(), weighted=losses.weighted.item(), prior=losses.prior.item())
 
 
-def _prior_batch(ctx: RunContext, latents: torch.Tensor, slots: torch.Tensor, draw: tuple):
-    """The subject image of each slot of the optimizer step `draw` (a seeded permutation of
-    the images, cycled), noised with the slot's own generator; the same on every process."""
-    total = len(latents)
+def _prior_batch(ctx: RunContext, regulariser: Regulariser, slots: torch.Tensor, draw: tuple):
+    """The regulariser image of each slot of the optimizer step `draw` (a seeded permutation of
+    the images, cycled), noised with the slot's own generator, and its prompt; the same on every
+    process: (inputs, timesteps, targets, prompts)."""
+    latents, total = regulariser.latents, len(regulariser.latents)
     order = torch.randperm(total, generator=generator_for(ctx.config.seed, *draw, "prior"))
-    parts = [noised_at_random(ctx, latents[int(order[int(s) % total])].unsqueeze(0),
-                    generator_for(ctx.config.seed, *draw, int(s), "prior noise")) for s in slots]
+    picked = [int(order[int(s) % total]) for s in slots]
+    parts = [noised_at_random(ctx, latents[i].unsqueeze(0), generator_for(ctx.config.seed, *draw, int(s), "prior noise"))
+             for i, s in zip(picked, slots)]
     inputs, timesteps, targets = (torch.cat(p) for p in zip(*parts))
-    return inputs, timesteps, targets
+    return inputs, timesteps, targets, [regulariser.prompts[i] for i in picked]
