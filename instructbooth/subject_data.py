@@ -29,7 +29,7 @@ from PIL import Image, ImageOps
 
 from .components import SDComponents
 from .encoding import encode_images, encode_prompts
-from .images import to_8bit
+from .images import tensor_to_pil, to_8bit  # noqa: F401 (tensor_to_pil: re-exported)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 PLACEHOLDERS = ("id", "cls", "desc")
@@ -109,12 +109,6 @@ def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     32-bit and float pictures are scaled to 8 bits as ImageReward reads them (`images.to_8bit`)."""
     rgba = np.asarray(to_8bit(image).convert("RGBA"), dtype=np.float32) / 255.0
     return _over_white(torch.from_numpy(rgba).permute(2, 0, 1).contiguous())
-
-
-def tensor_to_pil(image: torch.Tensor) -> Image.Image:
-    """[3, H, W] in [0, 1] -> PIL RGB image (8 bits)."""
-    array = (image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(array)
 
 
 def tensor_to_bchw(tensor: torch.Tensor) -> torch.Tensor:

@@ -265,9 +265,10 @@ def preview_tuple(image):
         return None
     from PIL import Image
 
+    from ..instructbooth.images import tensor_to_pil
+
     if not isinstance(image, Image.Image):
-        array = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
-        image = Image.fromarray(array)
+        image = tensor_to_pil(image)
     return ("JPEG", image.convert("RGB"), 512)
 
 

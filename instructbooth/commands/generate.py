@@ -131,8 +131,6 @@ def _load_components(args: argparse.Namespace, device):
 
 
 def _to_pil(image):
-    import torch
-    from PIL import Image
+    from ..images import tensor_to_pil
 
-    array = (image.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(array)
+    return tensor_to_pil(image)

@@ -35,10 +35,10 @@ from typing import Callable, Iterator, Mapping
 import numpy as np
 import torch
 from diffusers import DDIMScheduler
-from PIL import Image
 
 from ..components import SDComponents
 from ..files import write_json
+from ..images import tensor_to_pil
 from ..lora import lora_merged, save_lora
 from ..personalize import PersonalizeResult, personalize
 from ..prompts import RLPrompts, Subject
@@ -134,15 +134,11 @@ def write_reference(folder: Path, count: int, seed: int, detailed: bool, layout:
     for old in folder.glob("subject_*"):
         old.unlink()
     for i, (image, caption) in enumerate(zip(images, captions)):
-        to_pil(torch.from_numpy(image)).save(folder / f"subject_{i}.png")
+        tensor_to_pil(torch.from_numpy(image)).save(folder / f"subject_{i}.png")
         (folder / f"subject_{i}.txt").write_text(caption + "\n", encoding="utf-8")
     return torch.from_numpy(images)
 
 
-def to_pil(image: torch.Tensor) -> Image.Image:
-    """[3, H, W] in [0, 1] -> RGB PIL image."""
-    array = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-    return Image.fromarray(array)
 
 
 # --- the two training stages -----------------------------------------------------------------
@@ -168,7 +164,7 @@ def write_class_images(components: SDComponents, folder: Path, config: DemoConfi
     for old in folder.glob("class_*"):
         old.unlink()
     for i, (image, prompt) in enumerate(zip(images, prompts)):
-        to_pil(image).save(folder / f"class_{i}.png")
+        tensor_to_pil(image).save(folder / f"class_{i}.png")
         (folder / f"class_{i}.txt").write_text(prompt + "\n", encoding="utf-8")
 
 

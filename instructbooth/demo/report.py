@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from ..images import tensor_to_pil
 from ..files import write_text
 from .evaluate import ALONE
 
@@ -52,16 +53,13 @@ def image_grid(rows: Sequence[tuple], headers: Sequence[str] = (), scale: int = 
         y = top + r * (cell + gap + below)
         draw.text((4, y + cell // 2 - 6), label, fill="black", font=font)
         for c, image in enumerate(images):
-            tile = _to_pil(image).resize((cell, cell), Image.NEAREST)
+            tile = tensor_to_pil(image).resize((cell, cell), Image.NEAREST)
             canvas.paste(tile, (label_width + c * (cell + gap), y))
             if c < len(notes):
                 draw.text((label_width + c * (cell + gap) + 2, y + cell + 1), notes[c], fill="black", font=font)
     return canvas
 
 
-def _to_pil(image: torch.Tensor) -> Image.Image:
-    array = (image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(array)
 
 
 def showcase(evaluations: dict, split: str, count: int) -> tuple[list[int], list[str]]:

@@ -18,6 +18,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from ..images import tensor_to_pil
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -96,8 +98,7 @@ def to_8bit_pictures(images: Images) -> list[Image.Image]:
     """[B, 3, H, W] in [0, 1] (or B tensors [3, H, W]) -> RGB PIL pictures, rounded to 8 bits as
     Save Image writes them."""
     check_images(images)
-    return [Image.fromarray((image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
-                            .permute(1, 2, 0).cpu().numpy()) for image in images]
+    return [tensor_to_pil(image) for image in images]
 
 
 def check_images(images: Images) -> None:

@@ -37,7 +37,8 @@ from ..training import gradient_checkpointing, learning_rate_at, noised, non_fin
 from ..training import require_finite_weights, restore_trainer_state, set_learning_rate, state_fingerprint
 from ..training import precision_problem, trainer_state, training_mode
 from .dpo_loss import diffusion_dpo_loss, implicit_accuracy
-from .pairs import KINDS, PairStore, PreferencePair, derive_seed
+from ..seeds import derive_seed
+from .pairs import KINDS, PairStore, PreferencePair
 
 State = dict[str, torch.Tensor]
 

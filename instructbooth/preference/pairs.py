@@ -36,9 +36,12 @@ import torch
 
 from ..components import SDComponents
 from ..files import atomic_write, write_json, write_text
+from ..images import to_uint8
 from ..lora import lora_merged
 from ..prompts import Subject
+from ..rewards.base import RewardFn
 from ..sampling import PromptEmbeddingCache, sample_images
+from ..seeds import derive_seed
 from ..training import non_finite_problem, notify, state_fingerprint
 from .taxonomy import PromptPair, PromptSpec, Taxonomy
 
@@ -47,7 +50,6 @@ KINDS = ("self", "cross")
 CROSS_MODES = ("both", "each", "off")
 MANIFEST, PAIRS_FILE, IMAGE_FOLDER = "manifest.json", "pairs.jsonl", "images"
 
-RewardFn = Callable[[torch.Tensor, list, list], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -234,12 +236,6 @@ def plan_prompts(prompt_pairs: Sequence[PromptPair], config: PairConfig, subject
     return prompts, links
 
 
-def derive_seed(*parts: Any) -> int:
-    """A 63-bit seed from printable parts: an image's noise depends on (seed, prompt, k) only."""
-    digest = hashlib.sha256(repr(parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
 # --- the store -------------------------------------------------------------------------------
 
 
@@ -313,11 +309,6 @@ class PairStore:
         if folder.is_dir():
             for path in folder.glob("*.png"):
                 path.unlink(missing_ok=True)
-
-
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """[3, H, W] in [0, 1] -> uint8 [H, W, 3]."""
-    return (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
 def quantize(images: torch.Tensor) -> torch.Tensor:

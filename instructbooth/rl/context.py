@@ -1,22 +1,21 @@
-"""What every phase of an RL epoch needs, bundled once per run, and seed derivation."""
+"""What every phase of an RL epoch needs, bundled once per run (seeds: `instructbooth.seeds`)."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
 from ..components import SDComponents
 from ..prompts import RLPrompts
+from ..rewards.base import RewardFn
 from ..sampling import DDIMSchedule, PromptEmbeddingCache
+from ..seeds import derive_seed, generator_for  # noqa: F401 (the RL modules' import point)
 from ..training import Precision
 from .config import RLConfig
 from .distributed import Processes
 from .policy import Policy
 
-RewardFn = Callable[[torch.Tensor, list, list], torch.Tensor]  # images [B,3,H,W] in [0,1], prompts, metadata -> [B]
 
 
 @dataclass
@@ -41,17 +40,3 @@ class RunContext:
         if self.config.guidance == 1.0:
             return None
         return self.embeddings([self.config.negative_prompt]).to(self.device)
-
-
-def derive_seed(*parts) -> int:
-    """A 63-bit seed from any printable parts, e.g. derive_seed(config.seed, epoch, "prompts").
-
-    Every random draw of an epoch comes from generators seeded this way, so an epoch is
-    a function of (seed, epoch, model state) alone: resuming needs no generator state,
-    and the draws do not depend on how many processes share the work."""
-    digest = hashlib.sha256(repr(parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
-def generator_for(*parts) -> torch.Generator:
-    return torch.Generator("cpu").manual_seed(derive_seed(*parts))

@@ -24,6 +24,7 @@ import torch
 
 from ..components import SDComponents
 from ..encoding import encode_images
+from ..images import tensor_to_pil
 from ..lora import LoraMetadata
 from ..prompts import HELDOUT, IDENTIFIER, RLPrompts
 from ..sampling import PromptEmbeddingCache, ddim_schedule
@@ -247,7 +248,7 @@ def _train_epoch(ctx, algorithm: Algorithm, samples: EpochSamples, signal: torch
             done = accumulate(ctx, algorithm, samples, micro[update * accumulation:(update + 1) * accumulation],
                               signal, identifier, (epoch, inner, update))
             stats += done
-            preview = _to_pil(samples.preview) if update == 0 and inner == 0 and callback is not None else None
+            preview = tensor_to_pil(samples.preview) if samples.preview is not None and update == 0 and inner == 0 and callback is not None else None
             loss = sum(s.loss for s in done) / len(done)
             if _optimizer_step(ctx, optimizer, loss, state, store, callback, config.total_updates, preview):
                 return stats, True
@@ -346,12 +347,3 @@ def _metadata(ctx: RunContext, base_model_hash: str, state: RunState, reason: st
     return LoraMetadata(trigger_phrase=subject.trigger_phrase, identifier=subject.identifier,
                         class_noun=subject.class_noun, description=subject.description,
                         base_model_hash=base_model_hash, method=ctx.config.method, training_config=training)
-
-
-def _to_pil(image: torch.Tensor | None):
-    if image is None:
-        return None
-    from PIL import Image
-
-    array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    return Image.fromarray(array)
