@@ -292,7 +292,7 @@ def _device_name(device: str) -> str:
 def memory_estimate(device: str, checkpointing: bool) -> dict:
     """GiB of DDPO's training step at batch 1 with CFG on the full SD1.5 (see the docstring)."""
     from instructbooth.rewards import ImageRewardConfig
-    from instructbooth.rewards.image_reward_model import ImageRewardModel
+    from instructbooth.rewards.image_reward.model import ImageRewardModel
     from instructbooth.rl.ddpo import ddpo_loss
     from instructbooth.rl.policy import Policy
     from instructbooth.sampling import ddim_schedule, ddim_step, gaussian_log_prob

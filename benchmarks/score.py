@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from instructbooth.files import write_json  # noqa: E402
 from instructbooth.rewards import ImageReward, ImageRewardConfig, parse_dtype, random_image_reward_model  # noqa: E402
-from instructbooth.rewards.image_preprocess import preprocess_pil  # noqa: E402
+from instructbooth.rewards.image_reward.preprocess import preprocess_pil  # noqa: E402
 
 PROMPT = "a photo of sks plushie playing basketball, highly detailed"
 RESULTS = Path(__file__).resolve().parent / "results" / "score.json"

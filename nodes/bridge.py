@@ -20,7 +20,7 @@ import comfy.utils
 import folder_paths
 import torch
 
-from ..instructbooth.ldm_architecture import ArchitectureHints
+from ..instructbooth.checkpoint.architecture import ArchitectureHints
 
 log = logging.getLogger("instructbooth")
 

@@ -8,7 +8,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..instructbooth.rewards import ImageReward, ImageRewardConfig, best_of_n, parse_dtype
-from ..instructbooth.rewards.image_reward_weights import DOWNLOAD_HINT
+from ..instructbooth.rewards.image_reward.weights import DOWNLOAD_HINT
 from . import bridge
 
 IMAGE_REWARD = io.Custom("IMAGE_REWARD")

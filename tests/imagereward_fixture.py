@@ -49,7 +49,7 @@ def _weights() -> dict[str, torch.Tensor]:
 
 
 def _pixels() -> dict[str, torch.Tensor]:
-    from instructbooth.rewards.image_preprocess import normalize
+    from instructbooth.rewards.image_reward.preprocess import normalize
 
     compact = load_file(COMPACT / "reference_pixels.safetensors")
     levels = compact.pop("levels")

@@ -203,8 +203,8 @@ def test_an_identifier_past_the_token_limit_is_refused(tmp_path):
 def test_broken_model_metadata_is_a_message_not_a_traceback():
     import dataclasses
 
-    from instructbooth.ldm_architecture import CheckpointError, _check_heads
-    from instructbooth.rewards.image_reward_config import ImageRewardConfig
+    from instructbooth.checkpoint.architecture import CheckpointError, _check_heads
+    from instructbooth.rewards.image_reward.config import ImageRewardConfig
 
     with pytest.raises(CheckpointError, match="0 attention heads.*unet_attention_heads=8"):
         _check_heads([320, 640], [1, 1], 0)  # was a ZeroDivisionError

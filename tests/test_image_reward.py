@@ -34,8 +34,8 @@ from instructbooth.rewards import (
     infer_config,
     random_image_reward_model,
 )
-from instructbooth.rewards.image_preprocess import CLIP_STD, preprocess_exact, preprocess_pil, preprocess_tensor, to_bchw
-from instructbooth.rewards.image_reward_model import ImageRewardModel, to_official_keys
+from instructbooth.rewards.image_reward.preprocess import CLIP_STD, preprocess_exact, preprocess_pil, preprocess_tensor, to_bchw
+from instructbooth.rewards.image_reward.model import ImageRewardModel, to_official_keys
 
 PARITY_TOL = 1e-4  # the fixture README's bound for float32
 TENSOR_PATH_SCORE_TOL = 1e-3  # differentiable path vs files: torch bicubic vs PIL's 8-bit passes (measured
@@ -128,7 +128,7 @@ BERT_BASE_UNCASED_VOCAB_SHA256 = "07eced375cec144d27c900241f3e339478dec958f92fdd
 
 
 def test_shipped_vocab_is_bert_base_uncased():
-    from instructbooth.rewards.image_reward_config import shipped_settings
+    from instructbooth.rewards.image_reward.config import shipped_settings
 
     shipped = Path(__file__).parents[1] / "instructbooth/configs/imagereward/vocab.txt"
     digest = hashlib.sha256(shipped.read_bytes()).hexdigest()

@@ -489,7 +489,7 @@ def test_misuse_is_refused(injected):
 
 
 def test_modelspec_resolution_is_the_trained_one():
-    from instructbooth.lora_files import LoraMetadata, metadata_strings
+    from instructbooth.lora.files import LoraMetadata, metadata_strings
 
     state = {"lora_unet_mid_block_attentions_0_proj_in.lora_down.weight": torch.zeros(2, 4),
              "lora_unet_mid_block_attentions_0_proj_in.lora_up.weight": torch.zeros(4, 2)}
@@ -500,8 +500,8 @@ def test_modelspec_resolution_is_the_trained_one():
 
 
 def test_a_lora_with_nan_or_inf_is_not_written(tmp_path):
-    from instructbooth.lora_files import LoraMetadata, save_lora
-    from instructbooth.lora_keys import LoraError
+    from instructbooth.lora.files import LoraMetadata, save_lora
+    from instructbooth.lora.keys import LoraError
 
     state = {"lora_unet_mid_block_attentions_0_proj_in.lora_down.weight": torch.zeros(2, 4),
              "lora_unet_mid_block_attentions_0_proj_in.lora_up.weight": torch.full((4, 2), float("nan"))}

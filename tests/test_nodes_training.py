@@ -28,7 +28,7 @@ def pack(tmp_path_factory):
 def tiny(pack):
     """(LDM state dict, architecture hints) of a tiny seeded SD-family model."""
     components = pack_module("instructbooth.components").tiny_components(seed=0)
-    hints = pack_module("instructbooth.ldm_architecture").ArchitectureHints.from_components(components)
+    hints = pack_module("instructbooth.checkpoint.architecture").ArchitectureHints.from_components(components)
     return pack_module("instructbooth.checkpoint").ldm_state_dict(components), hints
 
 

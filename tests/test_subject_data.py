@@ -196,7 +196,7 @@ def test_flips_draw_both_orientations():
 def test_deep_photos_are_scaled_like_imagereward_reads_them(tmp_path, mode, values, top):
     """16-bit, 32-bit and float pictures were clipped to white (or black) squares; they are now
     scaled to 8 bits as ImageReward's reader does (one reader for the pack)."""
-    from instructbooth.rewards.image_preprocess import preprocess_pil
+    from instructbooth.rewards.image_reward.preprocess import preprocess_pil
     from instructbooth.subject_data import pil_to_tensor
 
     ramp = (np.linspace(0, 1, 64, dtype=np.float64)[None, :].repeat(32, 0) * top).astype(values)

@@ -176,7 +176,7 @@ def model_hash(checkpoint: str, metadata) -> str:
     """sha256 of the checkpoint file ("" for a folder), else what the personalized LoRA recorded."""
     path = Path(checkpoint)
     if path.is_file():
-        from ..checkpoint_files import file_sha256
+        from ..checkpoint.files import file_sha256
 
         return file_sha256(path)
     return metadata.base_model_hash if metadata else ""

@@ -176,7 +176,7 @@ def load_model(args: argparse.Namespace, device):
     if not args.checkpoint:
         raise ValueError("give --checkpoint (an SD1.5 .safetensors file or diffusers folder)")
     from ..checkpoint import load_checkpoint
-    from ..checkpoint_files import file_sha256
+    from ..checkpoint.files import file_sha256
 
     path = Path(args.checkpoint)
     return load_checkpoint(path, device=device), file_sha256(path) if path.is_file() else ""

@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ..files import write_safetensors
-from ..rewards.image_preprocess import preprocess_exact, preprocess_pil_batch
+from ..rewards.image_reward.preprocess import preprocess_exact, preprocess_pil_batch
 
 SAMPLES_PER_TENSOR = 4096  # evenly spaced values per tensor that enter a weights fingerprint
 

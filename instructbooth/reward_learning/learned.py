@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ..files import write_safetensors
 from ..rewards.base import check_reward_inputs
-from ..rewards.image_preprocess import to_bchw
+from ..rewards.image_reward.preprocess import to_bchw
 from .features import Backbone, ImageRewardBackbone
 from .head import HeadConfig, RewardHead
 
@@ -167,6 +167,6 @@ def sidecar_config(weights: str | os.PathLike) -> Path | None:
 def _open(image: Any):
     from PIL import Image
 
-    from ..rewards.image_preprocess import load_image
+    from ..rewards.image_reward.preprocess import load_image
 
     return image if isinstance(image, Image.Image) else load_image(image)

@@ -5,16 +5,24 @@ Importing this package loads no model and no tokenizer.
 
 from .base import RewardFn, as_scores, check_reward_inputs
 from .best_of_n import BestOfN, best_of_n
-from .image_reward import ImageReward, Ranking, load_image_reward, parse_dtype
-from .image_reward_config import ImageRewardConfig, TextConfig, VisionConfig, infer_config
-from .image_reward_model import ImageRewardModel, random_image_reward_model
-from .image_reward_weights import (
+from .image_reward import (
+    ImageReward,
+    ImageRewardConfig,
+    ImageRewardModel,
     ImageRewardWeightsError,
+    PromptTokenizer,
+    Ranking,
+    TextConfig,
+    TokenizedPrompts,
+    VisionConfig,
     WeightsNotFoundError,
     convert_to_safetensors,
+    infer_config,
+    load_image_reward,
+    parse_dtype,
+    random_image_reward_model,
     read_state_dict,
 )
-from .prompt_tokenizer import PromptTokenizer, TokenizedPrompts
 from .registry import known_rewards, load_reward, register_reward
 from .simple import BrightnessReward, FunctionReward, TargetColorReward, reward_from_function
 

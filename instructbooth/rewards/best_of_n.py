@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .base import empty_metadata
-from .image_preprocess import to_bchw
+from .image_reward.preprocess import to_bchw
 
 
 @dataclass(frozen=True)

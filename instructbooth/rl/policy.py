@@ -34,7 +34,7 @@ from ..lora import (
     merge_lora_states,
     remove_lora,
 )
-from ..lora_keys import ALPHA, DOWN, group_by_module
+from ..lora.keys import ALPHA, DOWN, group_by_module
 from .config import RLConfig
 
 State = dict[str, torch.Tensor]

@@ -18,9 +18,9 @@ from typing import Iterable, Mapping
 import torch
 from torch import Tensor
 
-from ..files import write_safetensors
-from .image_reward_config import ImageRewardConfig, infer_config
-from .image_reward_model import IGNORED_OFFICIAL_KEYS, ImageRewardModel, from_official_keys, to_official_keys
+from ...files import write_safetensors
+from .config import ImageRewardConfig, infer_config
+from .model import IGNORED_OFFICIAL_KEYS, ImageRewardModel, from_official_keys, to_official_keys
 
 DOWNLOAD_HINT = "download ImageReward.pt (1.79 GB) from https://huggingface.co/THUDM/ImageReward"
 METADATA_FORMAT = "instructbooth.imagereward"  # safetensors metadata "format" of our copies

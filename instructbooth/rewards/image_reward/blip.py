@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .image_reward_config import TextConfig, VisionConfig
+from .config import TextConfig, VisionConfig
 
 
 def _split_heads(x: Tensor, heads: int) -> Tensor:

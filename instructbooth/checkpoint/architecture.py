@@ -17,8 +17,8 @@ from typing import Any, Mapping
 
 import torch
 
-from .components import SDComponents, load_config
-from .ldm_keys import TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX
+from ..components import SDComponents, load_config
+from .keys import TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX
 
 HINTS_METADATA_KEY = "instructbooth.architecture_hints"
 

@@ -5,8 +5,8 @@ Three sources give the same components:
 - an LDM-format state dict in memory (what ComfyUI's MODEL/CLIP/VAE hold), and
 - a diffusers folder (unet/, vae/, text_encoder/ with config.json and weights).
 
-The architecture is read from key names and shapes (`ldm_architecture`), the names are
-translated by `ldm_keys`, and loading is strict: a missing, unexpected or misshapen
+The architecture is read from key names and shapes (`checkpoint.architecture`), the names are
+translated by `checkpoint.keys`, and loading is strict: a missing, unexpected or misshapen
 tensor is an error that names a few of them. `ldm_state_dict` / `save_checkpoint` are
 the exact inverse, which the tests use to build small SD1.5-shaped checkpoints.
 """
@@ -24,10 +24,10 @@ import torch
 from diffusers import DDPMScheduler
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from .checkpoint_files import file_sha256, read_state_dict
-from .components import CONFIG_PACKAGE, SDComponents, build_text_encoder, build_unet, build_vae, load_tokenizer, make_noise_scheduler
-from .files import write_safetensors
-from .ldm_architecture import (
+from .files import file_sha256, read_state_dict
+from ..components import CONFIG_PACKAGE, SDComponents, build_text_encoder, build_unet, build_vae, load_tokenizer, make_noise_scheduler
+from ..files import write_safetensors
+from .architecture import (
     FAMILY_ADVICE,
     ArchitectureHints,
     CheckpointError,
@@ -37,7 +37,7 @@ from .ldm_architecture import (
     infer_vae_config,
     require_sd15,
 )
-from .ldm_keys import TEXT_PREFIX, UNET_PREFIX, VAE_CONV_LINEAR, VAE_PREFIX, text_key_map, unet_key_map, vae_key_map
+from .keys import TEXT_PREFIX, UNET_PREFIX, VAE_CONV_LINEAR, VAE_PREFIX, text_key_map, unet_key_map, vae_key_map
 
 __all__ = [
     "ArchitectureHints",

@@ -17,11 +17,11 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from . import __version__
-from .files import write_safetensors
-from .lora_keys import DOWN, check_kohya_state, split_key
-from .lora_keys import LoraError
-from .training import non_finite_keys
+from .. import __version__
+from ..files import write_safetensors
+from .keys import DOWN, check_kohya_state, split_key
+from .keys import LoraError
+from ..training import non_finite_keys
 
 OUR_PREFIX = "instructbooth."
 METHODS = ("personalize", "ddpo", "rwr", "lee", "dpo", "merged")

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 import torch
 
-from ..components import CONFIG_PACKAGE
+from ...components import CONFIG_PACKAGE
 
 HEAD_DIM = 64  # width of one attention head in both real BLIP towers; used to infer head counts
 

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from ..images import to_8bit
+from ...images import to_8bit
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # per RGB channel, on pixels in [0, 1]
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -26,12 +26,12 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .base import check_reward_inputs
-from .image_preprocess import Layout, load_image, preprocess_exact, preprocess_pil_batch, preprocess_tensor
-from .image_reward_config import ImageRewardConfig
-from .image_reward_model import ImageRewardModel
-from .image_reward_weights import load_model_weights, model_from_state_dict
-from .prompt_tokenizer import PromptTokenizer, TokenizedPrompts
+from ..base import check_reward_inputs
+from .preprocess import Layout, load_image, preprocess_exact, preprocess_pil_batch, preprocess_tensor
+from .config import ImageRewardConfig
+from .model import ImageRewardModel
+from .weights import load_model_weights, model_from_state_dict
+from .tokenizer import PromptTokenizer, TokenizedPrompts
 
 ImageFile = Union[str, os.PathLike, Image.Image]
 Images = Union[Tensor, ImageFile, Sequence[ImageFile]]

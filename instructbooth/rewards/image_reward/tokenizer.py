@@ -18,8 +18,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ..components import CONFIG_PACKAGE
-from .image_reward_config import shipped_settings
+from ...components import CONFIG_PACKAGE
+from .config import shipped_settings
 
 BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 

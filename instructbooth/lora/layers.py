@@ -5,8 +5,8 @@ text encoder's) in a `LoraLinear`: the base layer stays frozen and the output ga
 `(alpha / rank) * up(down(x))`, with `up` starting at zero so an injected model starts
 out equal to its base. LoRA weights are float32 even when the base is fp16/bf16.
 
-States are plain dicts in kohya's key names (see `lora_keys`), the format ComfyUI's
-stock LoraLoader reads; files are safetensors with metadata (see `lora_files`).
+States are plain dicts in kohya's key names (see `keys`), the format ComfyUI's
+stock LoraLoader reads; files are safetensors with metadata (see `files`).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .components import SDComponents
-from .lora_files import LoraMetadata, load_lora, read_lora_metadata, save_lora
-from .lora_keys import ALPHA, DOWN, UP, LoraError, few_names, group_by_module, kohya_module_map, patchable_modules
-from .lora_keys import text_module_name, unet_module_name
+from ..components import SDComponents
+from .files import LoraMetadata, load_lora, read_lora_metadata, save_lora
+from .keys import ALPHA, DOWN, UP, LoraError, few_names, group_by_module, kohya_module_map, patchable_modules
+from .keys import text_module_name, unet_module_name
 
 __all__ = [
     "TEXT_ATTENTION_TARGETS", "TEXT_MLP_TARGETS", "UNET_ALL_TARGETS", "UNET_ATTENTION_TARGETS", "UNET_EXTRA_TARGETS",

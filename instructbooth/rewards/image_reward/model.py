@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .blip import TextEncoder, VisionTransformer
-from .image_reward_config import ImageRewardConfig
+from .config import ImageRewardConfig
 
 # official prefix -> our prefix
 OFFICIAL_PREFIXES = {

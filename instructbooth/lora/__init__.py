@@ -1,0 +1,67 @@
+"""LoRA for SD1.5 components: inject trainable adapters, read them out, merge, apply.
+
+Trainable LoRA wraps each target layer (UNet attention projections, optionally the CLIP
+text encoder's) in a `LoraLinear`: the base layer stays frozen and the output gains
+`(alpha / rank) * up(down(x))`, with `up` starting at zero so an injected model starts
+out equal to its base. LoRA weights are float32 even when the base is fp16/bf16.
+
+States are plain dicts in kohya's key names (see `keys`), the format ComfyUI's
+stock LoraLoader reads; files are safetensors with metadata (see `files`).
+
+Modules: `layers` (LoraLinear, inject / remove / merge / apply, `lora_merged`), `files`
+(safetensors with kohya keys and metadata), `keys` (kohya key names of SD1.5 layers).
+"""
+
+from __future__ import annotations
+
+from .layers import (
+    LoraConfig,
+    LoraError,
+    LoraLinear,
+    LoraMetadata,
+    TEXT_ATTENTION_TARGETS,
+    TEXT_MLP_TARGETS,
+    UNET_ALL_TARGETS,
+    UNET_ATTENTION_TARGETS,
+    UNET_EXTRA_TARGETS,
+    UNET_RESNET_TARGETS,
+    apply_lora,
+    find_unknown_modules,
+    inject_lora,
+    load_lora,
+    load_lora_state,
+    lora_disabled,
+    lora_merged,
+    lora_parameters,
+    lora_state_dict,
+    merge_lora_states,
+    read_lora_metadata,
+    remove_lora,
+    save_lora,
+)
+
+__all__ = [
+    "LoraConfig",
+    "LoraError",
+    "LoraLinear",
+    "LoraMetadata",
+    "TEXT_ATTENTION_TARGETS",
+    "TEXT_MLP_TARGETS",
+    "UNET_ALL_TARGETS",
+    "UNET_ATTENTION_TARGETS",
+    "UNET_EXTRA_TARGETS",
+    "UNET_RESNET_TARGETS",
+    "apply_lora",
+    "find_unknown_modules",
+    "inject_lora",
+    "load_lora",
+    "load_lora_state",
+    "lora_disabled",
+    "lora_merged",
+    "lora_parameters",
+    "lora_state_dict",
+    "merge_lora_states",
+    "read_lora_metadata",
+    "remove_lora",
+    "save_lora",
+]
