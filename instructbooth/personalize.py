@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from .components import SDComponents
 from .encoding import latent_shape
 from .files import write_json
+from .prompts import Subject
 from .lora import UNET_ATTENTION_TARGETS, TEXT_ATTENTION_TARGETS, LoraConfig, LoraMetadata, inject_lora
 from .lora import lora_disabled, lora_state_dict, load_lora_state, remove_lora, save_lora
 from .sampling import sample_images
@@ -97,6 +98,11 @@ class PersonalizeConfig:
     def lora_config(self) -> LoraConfig:
         text = TEXT_ATTENTION_TARGETS if self.train_text_encoder else ()
         return LoraConfig.of(self.lora_rank, self.lora_alpha, unet_targets=self.unet_targets, text_targets=text)
+
+    @property
+    def subject(self) -> Subject:
+        """The subject this run teaches (the type RL, DPO and the LoRA metadata use)."""
+        return Subject(self.identifier, self.class_noun, self.description)
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
@@ -355,11 +361,10 @@ def _restore(saved, config, components, optimizer, precision, generator) -> tupl
 
 
 def make_metadata(config: PersonalizeConfig, steps_done: int, base_model_hash: str = "") -> LoraMetadata:
-    return LoraMetadata(
-        trigger_phrase=f"{config.identifier} {config.class_noun}", identifier=config.identifier,
-        class_noun=config.class_noun, description=config.description, base_model_hash=base_model_hash,
-        method="personalize", training_config={**config.to_dict(), "steps_done": steps_done},
-        rank=config.lora_rank, alpha=config.lora_config().alpha,
+    return LoraMetadata.naming(
+        config.subject, base_model_hash=base_model_hash, method="personalize",
+        training_config={**config.to_dict(), "steps_done": steps_done}, rank=config.lora_rank,
+        alpha=config.lora_config().alpha,
     )
 
 

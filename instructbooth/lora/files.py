@@ -48,6 +48,14 @@ class LoraMetadata:
             raise LoraError(f"unknown LoRA method {self.method!r}; known: {', '.join(METHODS)}")
         self.training_config = json.loads(json.dumps(self.training_config, default=str))
 
+    @classmethod
+    def naming(cls, subject, **fields) -> "LoraMetadata":
+        """Metadata whose subject fields come from `subject` (a `prompts.Subject`; None: no subject)."""
+        if subject is None:
+            return cls(**fields)
+        return cls(trigger_phrase=subject.trigger_phrase, identifier=subject.identifier, class_noun=subject.class_noun,
+                   description=subject.description, **fields)
+
 
 def save_lora(path: str | os.PathLike, state: dict[str, torch.Tensor], metadata: LoraMetadata) -> Path:
     """Writes a kohya state as safetensors with string metadata, atomically. A state holding

@@ -411,11 +411,7 @@ def _restore(ctx: _Context, saved: dict, optimizer, generator, fingerprints) -> 
 def _metadata(config: DPOConfig, subject: Subject | None, base_model_hash: str, steps_done: int, pairs: int,
               fingerprint: str) -> LoraMetadata:
     training = {"dpo": config.to_dict(), "steps_done": steps_done, "pairs": pairs, "pairs_fingerprint": fingerprint}
-    if subject is None:
-        return LoraMetadata(base_model_hash=base_model_hash, method="dpo", training_config=training)
-    return LoraMetadata(trigger_phrase=subject.trigger_phrase, identifier=subject.identifier,
-                        class_noun=subject.class_noun, description=subject.description,
-                        base_model_hash=base_model_hash, method="dpo", training_config=training)
+    return LoraMetadata.naming(subject, base_model_hash=base_model_hash, method="dpo", training_config=training)
 
 
 def save_result(result: DPOResult, path: str | Path) -> Path:

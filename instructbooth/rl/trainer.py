@@ -342,8 +342,6 @@ def _restore(ctx: RunContext, saved: dict, optimizer, tracker, state: RunState, 
 
 
 def _metadata(ctx: RunContext, base_model_hash: str, state: RunState, reason: str) -> LoraMetadata:
-    subject = ctx.prompts.subject
     training = {"rl": ctx.config.to_dict(), "epochs_done": state.epoch, "stop_reason": reason}
-    return LoraMetadata(trigger_phrase=subject.trigger_phrase, identifier=subject.identifier,
-                        class_noun=subject.class_noun, description=subject.description,
-                        base_model_hash=base_model_hash, method=ctx.config.method, training_config=training)
+    return LoraMetadata.naming(ctx.prompts.subject, base_model_hash=base_model_hash, method=ctx.config.method,
+                               training_config=training)
