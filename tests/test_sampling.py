@@ -128,7 +128,7 @@ def test_batched_guidance_equals_two_calls(tiny):
 
 
 def test_embedding_cache_encodes_each_prompt_once(tiny, monkeypatch):
-    import instructbooth.sampling as sampling
+    import instructbooth.sampling.embeddings as sampling
 
     calls = []
     real = sampling.encode_prompts
