@@ -18,28 +18,18 @@ from typing import Any, Callable, Mapping
 import folder_paths
 import torch
 
+from ..instructbooth.training import sampled_fingerprint
 from . import bridge
 
 RUNS_FOLDER = "instructbooth"
 RESULT_FILE = "result.safetensors"
 KEY_LENGTH = 16  # hex digits of the run key in folder names
-SAMPLES_PER_TENSOR = 4096  # values read from each tensor for a weights fingerprint
 
 
 def fingerprint_tensors(tensors: Mapping[str, torch.Tensor]) -> str:
-    """A hash of names, shapes and evenly spaced values of every tensor (fast on large models).
-
-    Any fine-tune or LoRA changes a weight matrix throughout, so the sampled values change
-    too; reading every byte of a 4 GB model on every run would cost seconds for nothing."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        tensor = tensors[name].detach()
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
-        flat = tensor.reshape(-1)
-        if flat.numel():
-            step = max(1, flat.numel() // SAMPLES_PER_TENSOR)
-            digest.update(flat[::step].to("cpu", torch.float64).numpy().tobytes())
-    return digest.hexdigest()
+    """`training.sampled_fingerprint`: names, shapes and evenly spaced values of every tensor
+    (fast on large models; any fine-tune or LoRA changes them)."""
+    return sampled_fingerprint(tensors)
 
 
 def fingerprint_images(batches: list[torch.Tensor]) -> str:

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 
 from .image_processing import ImageProcessing, Images, read_processor_config
-from .similarity import mean_reference_cosine, paired_cosine
+from .image_embedder import ImageEmbedder
+from .similarity import paired_cosine
 from .transformers_loading import build_from_state
 from .weights import EvaluationWeightsError, WeightsSource, describe_keys, locate, read_state_dict
 
@@ -26,35 +27,23 @@ VISION_KEY = "vision_model.embeddings.patch_embedding.weight"
 TEXT_KEY = "text_model.embeddings.token_embedding.weight"
 
 
-class ClipEmbedder:
+class ClipEmbedder(ImageEmbedder):
     """CLIP for scoring: `text_similarity` (CLIP-T) and `reference_similarity` (CLIP-I)."""
 
     kind = "clip"
 
     def __init__(self, model, tokenizer, processing: ImageProcessing, name: str = "CLIP", batch_size: int = 16):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.model, self.tokenizer, self.processing = model, tokenizer, processing
-        self.name, self.batch_size = name, batch_size
+        super().__init__(model, processing, name, batch_size)
+        self.tokenizer = tokenizer
         self.max_length = int(model.config.text_config.max_position_embeddings)
 
     @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+    def embedding_size(self) -> int:
+        return self.model.config.projection_dim
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
-
-    @torch.no_grad()
-    def embed_images(self, images: Images) -> Tensor:
-        """[B, 3, H, W] in [0, 1] -> [B, P] float32 projected image features (on the CPU)."""
-        parts = []
-        for start in range(0, len(images), self.batch_size):
-            pixels = self.processing(images[start : start + self.batch_size]).to(self.device, self.dtype)
-            pooled = self.model.vision_model(pixel_values=pixels).pooler_output
-            parts.append(self.model.visual_projection(pooled).float().cpu())
-        return torch.cat(parts) if parts else torch.zeros(0, self.model.config.projection_dim)
+    def _embed_pixels(self, pixels: Tensor) -> Tensor:
+        """Projected image features [b, P]."""
+        return self.model.visual_projection(self.model.vision_model(pixel_values=pixels).pooler_output)
 
     @torch.no_grad()
     def embed_texts(self, prompts: Sequence[str]) -> Tensor:
@@ -75,9 +64,6 @@ class ClipEmbedder:
             raise ValueError(f"give one prompt or one per image: {len(prompts)} prompts for {len(images)} images")
         return paired_cosine(self.embed_images(images), self.embed_texts(prompts))
 
-    def reference_similarity(self, images: Images, references: Images) -> Tensor:
-        """CLIP-I: per image, the mean cosine with the reference photos, [B]."""
-        return mean_reference_cosine(self.embed_images(images), self.embed_images(references))
 
 
 def load_clip(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .image_processing import ImageProcessing, Images, read_processor_config
-from .similarity import mean_reference_cosine
+from .image_processing import ImageProcessing, read_processor_config
+from .image_embedder import ImageEmbedder
 from .transformers_loading import build_from_state
 from .weights import EvaluationWeightsError, WeightsSource, describe_keys, locate, read_state_dict
 
@@ -28,37 +28,21 @@ ORIGINAL_CLS_KEY = "cls_token"
 ORIGINAL_EPS = 1e-6  # the original DINO ViTs' LayerNorm epsilon
 
 
-class DinoEmbedder:
-    """DINO for scoring: `reference_similarity` (the DINO metric)."""
+class DinoEmbedder(ImageEmbedder):
+    """DINO for scoring: `reference_similarity` (the DINO metric); embeddings are the [CLS] token."""
 
     kind = "dino"
 
     def __init__(self, model, processing: ImageProcessing, name: str = "DINO", batch_size: int = 16):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.model, self.processing, self.name, self.batch_size = model, processing, name, batch_size
+        super().__init__(model, processing, name, batch_size)
 
     @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+    def embedding_size(self) -> int:
+        return self.model.config.hidden_size
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
-
-    @torch.no_grad()
-    def embed_images(self, images: Images) -> Tensor:
-        """[B, 3, H, W] in [0, 1] -> [B, D] float32 [CLS] embeddings (on the CPU)."""
-        parts = []
-        for start in range(0, len(images), self.batch_size):
-            pixels = self.processing(images[start : start + self.batch_size]).to(self.device, self.dtype)
-            hidden = self.model(pixel_values=pixels).last_hidden_state  # [b, 1 + patches, D], final norm applied
-            parts.append(hidden[:, 0].float().cpu())
-        return torch.cat(parts) if parts else torch.zeros(0, self.model.config.hidden_size)
-
-    def reference_similarity(self, images: Images, references: Images) -> Tensor:
-        """DINO: per image, the mean cosine with the reference photos, [B]."""
-        return mean_reference_cosine(self.embed_images(images), self.embed_images(references))
+    def _embed_pixels(self, pixels: Tensor) -> Tensor:
+        hidden = self.model(pixel_values=pixels).last_hidden_state  # [b, 1 + patches, D], final norm applied
+        return hidden[:, 0]
 
 
 def load_dino(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,

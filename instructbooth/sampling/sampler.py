@@ -169,19 +169,12 @@ def sample_trajectories(
     `schedule` (default: `ddim_schedule(components.scheduler, num_steps)`) may be passed
     to avoid rebuilding it.
     """
-    if len(prompts) != len(seeds):
-        raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt")
     if eta <= 0:
         raise ValueError(f"trajectories need a stochastic sampler for log-probabilities: eta must be > 0, got {eta}")
-    embeddings = embeddings or PromptEmbeddingCache(components)
     schedule = schedule or ddim_schedule(components.scheduler, num_steps)
-    device = components.device
-    cond = embeddings(list(prompts)).to(device)  # [B, L, D]
-    uncond = embeddings([negative_prompt]).to(device) if guidance != 1.0 else None  # [1, L, D]
-    noise = SampleNoise(seeds, latent_shape(components, height, width), device)
-
+    denoiser, cond, noise = _prepare(components, prompts, seeds, guidance, (height, width), negative_prompt, embeddings)
     with torch.no_grad():
-        run = run_ddim(guided_denoiser(components.unet, cond, uncond, guidance), noise, schedule, eta, keep=True)
+        run = run_ddim(denoiser, noise, schedule, eta, keep=True)
     return Trajectories(
         latents=torch.stack(run.latents, dim=1),
         log_probs=torch.stack(run.log_probs, dim=1),
@@ -211,14 +204,19 @@ def sample_images(
     Draws the same noise as `sample_trajectories`, so with eta > 0 the images equal the
     decoded final latents of the trajectories for the same prompts and seeds.
     """
+    denoiser, _, noise = _prepare(components, prompts, seeds, guidance, (height, width), negative_prompt, embeddings)
+    with torch.no_grad():
+        run = run_ddim(denoiser, noise, ddim_schedule(components.scheduler, num_steps), eta)
+        return decode_latents(components, run.final)
+
+
+def _prepare(components: SDComponents, prompts: Sequence[str], seeds: Sequence[int], guidance: float,
+             size: tuple[int, int], negative_prompt: str, embeddings: PromptEmbeddingCache | None):
+    """(the guided denoiser, the prompts' embeddings [B, L, D], each sample's seeded noise)."""
     if len(prompts) != len(seeds):
         raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt")
-    embeddings = embeddings or PromptEmbeddingCache(components)
-    schedule = ddim_schedule(components.scheduler, num_steps)
-    device = components.device
-    cond = embeddings(list(prompts)).to(device)
-    uncond = embeddings([negative_prompt]).to(device) if guidance != 1.0 else None
-    noise = SampleNoise(seeds, latent_shape(components, height, width), device)
-    with torch.no_grad():
-        run = run_ddim(guided_denoiser(components.unet, cond, uncond, guidance), noise, schedule, eta)
-        return decode_latents(components, run.final)
+    embeddings, device = embeddings or PromptEmbeddingCache(components), components.device
+    cond = embeddings(list(prompts)).to(device)  # [B, L, D]
+    uncond = embeddings([negative_prompt]).to(device) if guidance != 1.0 else None  # [1, L, D]
+    noise = SampleNoise(seeds, latent_shape(components, *size), device)
+    return guided_denoiser(components.unet, cond, uncond, guidance), cond, noise

@@ -17,6 +17,7 @@ from .checkpoints import (
     capture_rng,
     config_mismatch,
     restore_rng,
+    sampled_fingerprint,
     state_fingerprint,
 )
 from .denoising import denoising_target, draw_noise, noised, per_sample_mse
@@ -46,6 +47,6 @@ __all__ = [
     "adamw", "capture_rng", "check_resumable", "config_mismatch", "denoising_target", "draw_noise",
     "gradient_checkpointing", "guarded_step", "learning_rate_at", "noised", "non_finite_keys", "non_finite_problem",
     "non_finite_settings", "notify", "per_sample_mse", "precision_problem", "require_finite", "require_finite_weights", "restore_rng",
-    "restore_trainer_state", "resumable_changes", "set_learning_rate", "state_fingerprint", "trainer_state",
+    "restore_trainer_state", "resumable_changes", "sampled_fingerprint", "set_learning_rate", "state_fingerprint", "trainer_state",
     "training_mode",
 ]
