@@ -56,14 +56,12 @@ def run(args: argparse.Namespace) -> int:
 
     from ..checkpoint import load_checkpoint
     from ..devices import resolve_device
-    from ..outputs import check_output_file, check_output_folder, save_or_rescue
-    from .run_inputs import check_run_inputs
+    from ..outputs import save_or_rescue
     from ..lora import load_lora
     from ..preference.dpo import DPOConfig, PairData, save_result, train_dpo
     from ..preference.pairs import PairConfig, build_pairs
     from ..preference.taxonomy import Taxonomy
     from ..rewards import load_reward, parse_dtype
-    from ..rewards.registry import reward_weights_file
     from ..training import NonFiniteLossError
 
     device = resolve_device(args.device)
@@ -72,16 +70,7 @@ def run(args: argparse.Namespace) -> int:
     dpo_config = DPOConfig(**known_fields(dpo_settings(args), DPOConfig, "--dpo-config"))
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
     taxonomy = Taxonomy.load(args.taxonomy) if args.taxonomy else Taxonomy.default()
-    inputs = [args.checkpoint, args.lora, args.taxonomy, reward_weights_file(args.reward)]
-    output = check_output_file(args.output, inputs, folders=[args.checkpoint_dir])  # before any work
-    pairs_dir = Path(args.pairs_dir) if args.pairs_dir else output.with_name(output.stem + "_pairs")
-    for folder in (pairs_dir, args.checkpoint_dir):
-        if folder:
-            check_output_folder(folder, inputs)
-    check_run_inputs(args.checkpoint_dir, {"base checkpoint": args.checkpoint, "personalized LoRA": args.lora,
-                                           "taxonomy": args.taxonomy, "pairs folder": f"path {pairs_dir}"},
-                     not args.no_resume)
-
+    output, pairs_dir = check_outputs(args)  # before any work
     base_lora, base_meta = load_lora(args.lora) if args.lora else (None, None)
     subject = make_subject(args, base_meta)
     components = load_checkpoint(args.checkpoint, dtype=dtype, device=device)
@@ -114,6 +103,25 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {path} ({result.steps_done} steps; implicit accuracy on the training pairs "
           f"{first['implicit_accuracy']:.3f} -> {last['implicit_accuracy']:.3f})")
     return 0 if saved else 1
+
+
+def check_outputs(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(the LoRA file to write, the pair folder), after refusing outputs over inputs, unwritable
+    folders and a checkpoint folder made from other inputs."""
+    from ..outputs import check_output_file, check_output_folder
+    from ..rewards.registry import reward_weights_file
+    from .run_inputs import check_run_inputs
+
+    inputs = [args.checkpoint, args.lora, args.taxonomy, reward_weights_file(args.reward)]
+    output = check_output_file(args.output, inputs, folders=[args.checkpoint_dir])
+    pairs_dir = Path(args.pairs_dir) if args.pairs_dir else output.with_name(output.stem + "_pairs")
+    for folder in (pairs_dir, args.checkpoint_dir):
+        if folder:
+            check_output_folder(folder, inputs)
+    check_run_inputs(args.checkpoint_dir, {"base checkpoint": args.checkpoint, "personalized LoRA": args.lora,
+                                           "taxonomy": args.taxonomy, "pairs folder": f"path {pairs_dir}"},
+                     not args.no_resume)
+    return output, pairs_dir
 
 
 def pair_settings(args: argparse.Namespace) -> dict:

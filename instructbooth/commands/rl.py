@@ -17,6 +17,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from .config_flags import add_config_flags, given_fields
 
@@ -63,55 +64,27 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..lora import LoraMetadata, load_lora, save_lora
-    from ..outputs import check_output_file, check_output_folder, save_or_rescue
-    from .run_inputs import check_run_inputs
-    from ..rewards import load_reward
-    from ..rewards.registry import reward_weights_file
+    from ..lora import save_lora
+    from ..outputs import save_or_rescue
     from ..rl.distributed import Processes
     from ..rl.metrics import write_metrics
     from ..rl.trainer import train_rl
     from ..training import NonFiniteLossError
 
     config = config_from_args(args)
-    inputs = [args.checkpoint, args.lora, reward_weights_file(args.reward), args.subject_images, args.regulariser_images,
-              reward_weights_file(args.subject_measure or ""), *prompt_files(args)]
-    output = check_output_file(args.output, inputs, folders=[args.checkpoint_dir])  # before any work
-    check_output_folder(args.checkpoint_dir or output.with_name(f"{output.stem}_metrics"), inputs)
-    check_run_inputs(args.checkpoint_dir, {
-        "base checkpoint": args.checkpoint or f"random:{args.random_model}", "personalized LoRA": args.lora,
-        "reward": [args.reward, *filter(None, [reward_weights_file(args.reward)])],
-        "prompts": [args.prompts, args.heldout, *prompt_files(args)],
-        "subject images": args.subject_images, "regulariser images": args.regulariser_images,
-        "subject measure": args.subject_measure}, not args.no_resume)
+    output = check_inputs(args)  # before any work
     processes, device = Processes.from_environment()
     if processes.world_size == 1 and args.device != "auto":
         from ..devices import resolve_device
 
         device = resolve_device(args.device)
-    base_lora, meta = load_lora(args.lora) if args.lora else (None, LoraMetadata())
-    prompts = build_prompts(args, meta)
-    reward = load_reward(args.reward, **_reward_options(args.reward, device))
-    measure = None
-    if args.subject_measure:
-        measure = load_reward(args.subject_measure, **_reward_options(args.subject_measure, device,
-                                                                      args.subject_images))
-    subject_images = None
-    if args.subject_images:  # bad photos fail before the model loads
-        from ..subject_data import training_photos
-
-        subject_images = training_photos(args.subject_images, config.height, config.width)
-    if args.regulariser_images:
-        from ..subject_data import load_subject_images
-
-        load_subject_images(args.regulariser_images)  # unreadable images fail before the model loads
+    inputs = load_inputs(args, config, device)
     components, model_hash = load_model(args, device)
-    log = _progress_printer(processes.is_main)
     try:
-        result = train_rl(components, reward, prompts, config, callback=log, checkpoint_dir=args.checkpoint_dir,
-                          resume=not args.no_resume, base_lora=base_lora, subject_images=subject_images,
-                          regulariser_images=args.regulariser_images,
-                          subject_measure=measure, base_model_hash=model_hash or meta.base_model_hash)
+        result = train_rl(components, inputs.reward, inputs.prompts, config, callback=_progress_printer(processes.is_main),
+                          checkpoint_dir=args.checkpoint_dir, resume=not args.no_resume, base_lora=inputs.base_lora,
+                          subject_images=inputs.subject_images, regulariser_images=args.regulariser_images,
+                          subject_measure=inputs.measure, base_model_hash=model_hash or inputs.meta.base_model_hash)
     except KeyboardInterrupt:
         kept = f"; rerun the same command to resume from {args.checkpoint_dir}" if args.checkpoint_dir else ""
         print(f"interrupted{kept}", file=sys.stderr)
@@ -119,15 +92,55 @@ def run(args: argparse.Namespace) -> int:
     except NonFiniteLossError as error:
         print(f"instructbooth rl: error: {error}", file=sys.stderr)
         return 1
-    saved = True
-    if processes.is_main:
-        written, saved = save_or_rescue(lambda target: save_lora(target, result.lora_state, result.metadata), output,
-                                        log=lambda message: print(f"instructbooth rl: error: {message}",
-                                                                  file=sys.stderr))
-        if args.checkpoint_dir is None:
-            write_metrics(output.with_name(f"{output.stem}_metrics"), result.metrics)
-        print(summary_line(result, written))
+    if not processes.is_main:
+        return 0
+    written, saved = save_or_rescue(lambda target: save_lora(target, result.lora_state, result.metadata), output,
+                                    log=lambda message: print(f"instructbooth rl: error: {message}", file=sys.stderr))
+    if args.checkpoint_dir is None:
+        write_metrics(output.with_name(f"{output.stem}_metrics"), result.metrics)
+    print(summary_line(result, written))
     return 0 if saved else 1
+
+
+def check_inputs(args: argparse.Namespace) -> Path:
+    """The output path, after refusing outputs over inputs, unwritable folders and a checkpoint
+    folder made from other inputs (before any model loads)."""
+    from ..outputs import check_output_file, check_output_folder
+    from ..rewards.registry import reward_weights_file
+    from .run_inputs import check_run_inputs
+
+    inputs = [args.checkpoint, args.lora, reward_weights_file(args.reward), args.subject_images, args.regulariser_images,
+              reward_weights_file(args.subject_measure or ""), *prompt_files(args)]
+    output = check_output_file(args.output, inputs, folders=[args.checkpoint_dir])
+    check_output_folder(args.checkpoint_dir or output.with_name(f"{output.stem}_metrics"), inputs)
+    check_run_inputs(args.checkpoint_dir, {
+        "base checkpoint": args.checkpoint or f"random:{args.random_model}", "personalized LoRA": args.lora,
+        "reward": [args.reward, *filter(None, [reward_weights_file(args.reward)])],
+        "prompts": [args.prompts, args.heldout, *prompt_files(args)],
+        "subject images": args.subject_images, "regulariser images": args.regulariser_images,
+        "subject measure": args.subject_measure}, not args.no_resume)
+    return output
+
+
+def load_inputs(args: argparse.Namespace, config, device) -> SimpleNamespace:
+    """The personalized LoRA and its metadata, the prompts, the reward and subject measure, and
+    the photos (bad photos and images fail here, before the model loads)."""
+    from ..lora import LoraMetadata, load_lora
+    from ..rewards import load_reward
+    from ..subject_data import load_subject_images, training_photos
+
+    base_lora, meta = load_lora(args.lora) if args.lora else (None, LoraMetadata())
+    measure = None
+    if args.subject_measure:
+        measure = load_reward(args.subject_measure, **_reward_options(args.subject_measure, device,
+                                                                      args.subject_images))
+    if args.regulariser_images:
+        load_subject_images(args.regulariser_images)
+    return SimpleNamespace(
+        base_lora=base_lora, meta=meta, prompts=build_prompts(args, meta), measure=measure,
+        reward=load_reward(args.reward, **_reward_options(args.reward, device)),
+        subject_images=training_photos(args.subject_images, config.height, config.width) if args.subject_images
+        else None)
 
 
 def prompt_files(args: argparse.Namespace) -> list[str]:

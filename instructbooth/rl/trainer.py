@@ -114,12 +114,7 @@ def train_rl(
     that with mixed precision their frozen weights stay in 16 bits.
     """
     processes = Processes.current()
-    require_finite_weights(components.modules(), "the base model")
-    if base_lora is not None and non_finite_keys(base_lora):
-        raise ValueError("the personalized LoRA holds NaN or inf weights: it was saved from a diverged run; "
-                         "personalize again with a lower learning rate")
-    if config.method != "ddpo" and config.rwr_beta > 0 and subject_images is None and regulariser_images is None:
-        make_algorithm(config)  # refuses, naming the regulariser images, before any work
+    _refuse_before_work(components, config, base_lora, subject_images is None and regulariser_images is None)
     store = CheckpointStore(checkpoint_dir, config.keep_checkpoints) if checkpoint_dir is not None else None
     if store is not None and not resume:
         if processes.is_main:
@@ -143,6 +138,15 @@ def train_rl(
                 return _run(ctx, algorithm, store, callback, checkpoint_dir, base_model_hash)
         finally:
             policy.release()
+
+
+def _refuse_before_work(components: SDComponents, config: RLConfig, base_lora, no_regulariser_images: bool) -> None:
+    require_finite_weights(components.modules(), "the base model")
+    if base_lora is not None and non_finite_keys(base_lora):
+        raise ValueError("the personalized LoRA holds NaN or inf weights: it was saved from a diverged run; "
+                         "personalize again with a lower learning rate")
+    if config.method != "ddpo" and config.rwr_beta > 0 and no_regulariser_images:
+        make_algorithm(config)  # refuses, naming the images the beta term needs
 
 
 def _regulariser(ctx: RunContext, subject_images, subject_prompt, regulariser_images) -> Regulariser | None:
