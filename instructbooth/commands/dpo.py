@@ -182,12 +182,9 @@ def reward_options(spec: str, device) -> dict:
 
 def model_hash(checkpoint: str, metadata) -> str:
     """sha256 of the checkpoint file ("" for a folder), else what the personalized LoRA recorded."""
-    path = Path(checkpoint)
-    if path.is_file():
-        from ..checkpoint.files import file_sha256
+    from .models import checkpoint_hash
 
-        return file_sha256(path)
-    return metadata.base_model_hash if metadata else ""
+    return checkpoint_hash(checkpoint) or (metadata.base_model_hash if metadata else "")
 
 
 def _progress(unit: str):

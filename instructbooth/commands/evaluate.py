@@ -19,6 +19,8 @@ import math
 import re
 from pathlib import Path
 
+from .models import RANDOM_MODELS, check_sampler_settings
+
 HELP = "Measure CLIP-T, CLIP-I, DINO (and ImageReward) of a base model and LoRAs on a prompt set."
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 BASE_LABEL = "base"
@@ -27,7 +29,7 @@ BASE_LABEL = "base"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--checkpoint", help="base SD1.5 checkpoint (.safetensors file or diffusers folder)")
-    add("--random-model", choices=("tiny", "small-sd15"), help=argparse.SUPPRESS)
+    add("--random-model", choices=RANDOM_MODELS, help=argparse.SUPPRESS)
     add("--lora", nargs="+", action="extend", default=[], metavar="LABEL=FILE[:SCALE]",
         help="LoRAs to compare, e.g. dreambooth=a.safetensors instructbooth=b.safetensors (label: file stem if omitted)")
     add("--no-base", action="store_true", help="leave out the base model without a LoRA")
@@ -78,13 +80,7 @@ def parse_model_specs(specs: list[str], with_base: bool) -> list[tuple[str, str 
 
 
 def check_settings(args: argparse.Namespace) -> None:
-    for name in ("guidance", "eta"):
-        if not math.isfinite(getattr(args, name)):
-            raise ValueError(f"--{name} must be a finite number, got {getattr(args, name)}")
-    if min(args.steps, args.num_images, args.batch_size) < 1:
-        raise ValueError("--steps, --num-images and --batch-size must be >= 1")
-    if args.height % 8 or args.width % 8:
-        raise ValueError(f"--width and --height must be multiples of 8, got {args.width}x{args.height}")
+    check_sampler_settings(args)
     if not (args.clip or args.dino or args.image_reward):
         raise ValueError("nothing to measure: give --clip (CLIP-T, CLIP-I), --dino and/or --image-reward")
     if not args.checkpoint and not args.random_model:
@@ -139,9 +135,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"evaluating {len(models)} models x {len(templates)} prompts x {args.num_images} images "
           f"({', '.join(scorer.metrics)}) for {subject.trigger_phrase}")
     from ..lora import lora_merged
-    from .generate import _load_components
+    from .models import load_components
 
-    components = _load_components(args, device)
+    components = load_components(args, device, args.dtype)
     _refuse_unknown_modules(components, loras)
     records = []
     for label, path, scale in models:

@@ -12,8 +12,9 @@ uses seed `--seed + i`, so the same command makes the same images. Writes
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
+
+from .models import RANDOM_MODELS, check_sampler_settings, load_components
 
 HELP = "Sample images from an SD1.5 checkpoint with optional LoRA files."
 
@@ -21,7 +22,7 @@ HELP = "Sample images from an SD1.5 checkpoint with optional LoRA files."
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--checkpoint", help="SD1.5 checkpoint (.safetensors file or diffusers folder)")
-    add("--random-model", choices=("tiny", "small-sd15"), help=argparse.SUPPRESS)
+    add("--random-model", choices=RANDOM_MODELS, help=argparse.SUPPRESS)
     add("--lora", action="append", default=[], metavar="FILE[:SCALE]", help="LoRA to apply (repeatable)")
     add("--prompt", action="append", default=[], help="a prompt (repeatable); {id} = the LoRA's trigger phrase")
     add("--prompts", help="a .txt file of prompts, one per line ('#' comments)")
@@ -73,14 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from ..sampling import PromptEmbeddingCache, sample_images
     from ..training import non_finite_keys, require_finite_weights
 
-    for name in ("guidance", "eta"):
-        if not math.isfinite(getattr(args, name)):
-            raise ValueError(f"--{name} must be a finite number, got {getattr(args, name)}")
-    if min(args.steps, args.num_images, args.batch_size) < 1:
-        raise ValueError("--steps, --num-images and --batch-size must be >= 1")
-    if args.height % 8 or args.width % 8:
-        raise ValueError(f"--width and --height must be multiples of 8 (the VAE works in 8-pixel blocks), got "
-                         f"{args.width}x{args.height}; {args.width // 8 * 8}x{args.height // 8 * 8} is the nearest below")
+    check_sampler_settings(args)
     specs = [parse_lora_spec(spec) for spec in args.lora]
     check_output_folder(args.output_dir, [args.checkpoint, args.prompts, *(path for path, _ in specs)])
     prompts = gather_prompts(args)
@@ -88,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     trigger = next((meta.trigger_phrase for _, _, _, meta in loras if meta.trigger_phrase), "")
     prompts = fill_trigger(prompts, trigger)
     device = resolve_device(args.device)
-    components = _load_components(args, device)
+    components = load_components(args, device, args.dtype)
     require_finite_weights(components.modules(), "the checkpoint")  # NaN weights make black images
     for path, scale, state, _ in loras:
         if non_finite_keys(state):
@@ -111,23 +105,6 @@ def run(args: argparse.Namespace) -> int:
                                         "steps": args.steps, "guidance": args.guidance, "eta": args.eta})
     print(f"wrote {len(records)} images to {folder}")
     return 0
-
-
-def _load_components(args: argparse.Namespace, device):
-    import torch
-
-    dtype = getattr(torch, args.dtype)
-    if args.random_model:
-        from ..components import small_sd15_components, tiny_components
-
-        build = tiny_components if args.random_model == "tiny" else small_sd15_components
-        parts = build(seed=0)
-        return parts if (str(device), dtype) == ("cpu", torch.float32) else parts.to(device, dtype)
-    if not args.checkpoint:
-        raise ValueError("give --checkpoint (an SD1.5 .safetensors file or diffusers folder)")
-    from ..checkpoint import load_checkpoint
-
-    return load_checkpoint(args.checkpoint, dtype=dtype, device=device)
 
 
 def _to_pil(image):

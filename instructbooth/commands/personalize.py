@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from .config_flags import add_config_flags, given_fields
+from .models import checkpoint_hash
 
 HELP = "Teach SD1.5 a subject from a few photos (DreamBooth LoRA)."
 
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = personalize(
             components, images, config, callback=report, checkpoint_dir=args.checkpoint_dir,
-            resume=not args.no_resume, class_images=class_images, base_model_hash=_hash_or_blank(args.checkpoint),
+            resume=not args.no_resume, class_images=class_images, base_model_hash=checkpoint_hash(args.checkpoint),
         )
     except KeyboardInterrupt:
         kept = f"; rerun the same command to resume from {args.checkpoint_dir}" if args.checkpoint_dir else ""
@@ -129,9 +130,3 @@ def fill_class_folder(components, config, folder: Path) -> Path:
         for index, image in enumerate(images, start=have):
             atomic_write(folder / f"class-{index:05d}.png", lambda p, im=image: tensor_to_pil(im).save(p, format="PNG"))
     return folder
-
-
-def _hash_or_blank(path: str) -> str:
-    from ..checkpoint import file_sha256
-
-    return file_sha256(path) if Path(path).is_file() else ""

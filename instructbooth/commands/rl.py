@@ -20,9 +20,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from .config_flags import add_config_flags, given_fields
+from .models import RANDOM_MODELS, checkpoint_hash, load_components
 
 HELP = "Make a personalized model follow instructions again (DDPO / RWR on a reward)."
-RANDOM_MODELS = ("tiny", "small-sd15")  # seeded random components, for smoke tests without a checkpoint
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -180,19 +180,7 @@ def _reward_options(spec: str, device, subject_images: str | None = None) -> dic
 
 def load_model(args: argparse.Namespace, device):
     """(components on `device`, sha256 of the checkpoint file or "")."""
-    if args.random_model:
-        from ..components import small_sd15_components, tiny_components
-
-        build = tiny_components if args.random_model == "tiny" else small_sd15_components
-        parts = build(seed=0)
-        return (parts if str(device) == "cpu" else parts.to(device)), ""
-    if not args.checkpoint:
-        raise ValueError("give --checkpoint (an SD1.5 .safetensors file or diffusers folder)")
-    from ..checkpoint import load_checkpoint
-    from ..checkpoint.files import file_sha256
-
-    path = Path(args.checkpoint)
-    return load_checkpoint(path, device=device), file_sha256(path) if path.is_file() else ""
+    return load_components(args, device), checkpoint_hash(None if args.random_model else args.checkpoint)
 
 
 def _progress_printer(enabled: bool):
