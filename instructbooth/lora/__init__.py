@@ -1,12 +1,5 @@
-"""LoRA for SD1.5 components: inject trainable adapters, read them out, merge, apply.
-
-Trainable LoRA wraps each target layer (UNet attention projections, optionally the CLIP
-text encoder's) in a `LoraLinear`: the base layer stays frozen and the output gains
-`(alpha / rank) * up(down(x))`, with `up` starting at zero so an injected model starts
-out equal to its base. LoRA weights are float32 even when the base is fp16/bf16.
-
-States are plain dicts in kohya's key names (see `keys`), the format ComfyUI's
-stock LoraLoader reads; files are safetensors with metadata (see `files`).
+"""LoRA for SD1.5 components: trainable adapters, kohya-named states and files that ComfyUI's
+stock LoraLoader reads, merging and stacking (details: `layers`).
 
 Modules: `layers` (LoraLinear, inject / remove / merge / apply, `lora_merged`), `files`
 (safetensors with kohya keys and metadata), `keys` (kohya key names of SD1.5 layers).
