@@ -141,7 +141,9 @@ def test_an_identifier_of_two_words_is_refused_at_validation(nodes):
 # --- Load InstructBooth LoRA -------------------------------------------------------------------------
 
 
-def test_lora_loader_applies_the_file_through_comfyui_and_returns_its_trigger_phrase(pack, nodes, folders):
+@pytest.fixture(scope="module")
+def toy_lora(folders) -> dict:
+    """models/loras/ib/toy.safetensors: a small LoRA naming "sks plushie"; returns its state."""
     lora = pack_module("instructbooth.lora")
     state = {"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight": torch.ones(2, 4),
              "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_up.weight": torch.ones(4, 2),
@@ -149,6 +151,11 @@ def test_lora_loader_applies_the_file_through_comfyui_and_returns_its_trigger_ph
              "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight": torch.ones(4, 2)}
     lora.save_lora(pack_module("nodes.bridge").Path(folders["loras"]) / "ib" / "toy.safetensors", state,
                    lora.LoraMetadata(trigger_phrase="sks plushie", identifier="sks", class_noun="plushie"))
+    return state
+
+
+def test_lora_loader_applies_the_file_through_comfyui_and_returns_its_trigger_phrase(pack, nodes, toy_lora):
+    state = toy_lora
     fakes = standin("fake_models")
     model, clip, _ = fakes.comfy_objects({})
     node = nodes["InstructBoothLoadLoRA"]
@@ -162,7 +169,7 @@ def test_lora_loader_applies_the_file_through_comfyui_and_returns_its_trigger_ph
     assert len(standin("comfy.sd").LORA_CALLS) == 1  # zero strengths patch nothing
 
 
-def test_lora_loader_lists_files_of_the_loras_folder(nodes, folders):
+def test_lora_loader_lists_files_of_the_loras_folder(nodes, toy_lora):
     options = schema_info(nodes["InstructBoothLoadLoRA"])["input"]["required"]["lora_name"][1]["options"]
     assert "ib/toy.safetensors" in options
 

@@ -119,7 +119,8 @@ def personalized(pack, tiny, photos):
         outputs = run_personalize(personalize_inputs(model, clip, vae, photos))
         records = {"progress": list(standin("comfy.utils").PROGRESS_LOG),
                    "memory": list(standin("comfy.model_management").CALLS),
-                   "lora_calls": list(standin("comfy.sd").LORA_CALLS)}
+                   "lora_calls": list(standin("comfy.sd").LORA_CALLS),
+                   "saved": lora_file("ib/sks")}  # now: later tests may write the same name
         unchanged = all(torch.equal(before[k], v) for k, v in tiny[0].items())
     finally:
         bridge.architecture_hints = original
@@ -131,7 +132,7 @@ def test_personalize_trains_saves_and_applies_the_lora(personalized):
     assert trigger == "sks plushie"
     assert len(loss_map["loss"]) == 3 and all(torch.isfinite(torch.tensor(loss_map["loss"])))
     assert records["progress"] == [(1, 3, False), (2, 3, False), (3, 3, False)]
-    saved, metadata = lora_file("ib/sks")
+    saved, metadata = records["saved"]
     assert sorted(saved) == sorted(lora) and all(torch.equal(saved[k], lora[k]) for k in lora)
     assert metadata.trigger_phrase == "sks plushie" and metadata.method == "personalize"
     assert metadata.base_model_hash.startswith("weights:") and len(metadata.base_model_hash) == 8 + 64

@@ -125,7 +125,10 @@ def test_unknown_names_and_bad_arguments_are_clear():
         load_reward("imagereward:/nowhere/ImageReward.pt")
 
 
-def test_register_reward():
+def test_register_reward(monkeypatch):
+    from instructbooth.rewards import registry
+
+    monkeypatch.setattr(registry, "_FACTORIES", dict(registry._FACTORIES))  # the name goes away after the test
     register_reward("constant_for_test", lambda argument=None: reward_from_function(
         lambda x, p, m: torch.full((len(p),), float(argument or 0))))
     assert load_reward("constant_for_test:3")(solid((0, 0, 0)), [""], None).item() == 3.0
