@@ -90,17 +90,21 @@ class RunFolder:
 # --- one keyed training run, the same way in every training node ---------------------------------
 
 
+TITLES = {"personalize": "Personalize", "rl": "RL", "pairs": "Pairs", "dpo": "DPO"}  # a run kind in the log
+
+
 def keyed_run(kind: str, name: str, config: Any, work: Callable[[RunFolder], None], finished=None,
               **inputs: Any) -> RunFolder:
     """The run of `kind` keyed by `inputs` (fingerprints) and the config's settings that change the
     result (all but `config.RUN_CONTROL`): reused when finished, else `work(run)` trains or resumes
     in its folder. `finished(run)` tells a finished run (default: its result file exists)."""
     run = RunFolder(kind, name, run_key(**inputs, settings=without(config.to_dict(), config.RUN_CONTROL)))
-    title = f"InstructBooth {kind}"
+    title = f"InstructBooth {TITLES.get(kind, kind)}"
     if (finished or RunFolder.is_finished)(run):
         bridge.log.info("%s: reusing the finished run in %s", title, run.path)
         return run
-    bridge.log.info("%s: %s in %s", title, "resuming from the checkpoints" if run.has_checkpoint() else "starting", run.path)
+    bridge.log.info("%s: %s in %s", title, "resuming from the checkpoints" if run.has_checkpoint() else "training",
+                    run.path)
     work(run)
     return run
 
