@@ -312,38 +312,53 @@ EVAL_LORAS = [("DreamBooth", "instructbooth/sks_plushie.safetensors"),
               ("InstructBooth", "instructbooth/sks_plushie_rl.safetensors")]
 
 
+EVAL_SCENES = [  # held-out scenes (never trained on), each drawn by both LoRAs with the same seeds
+    ("riding a horse on a beach", "a plushie riding a horse on a beach"),
+    ("playing the violin on a stage", "a plushie playing the violin on a stage"),
+]
+
+
 def evaluate_workflow(s) -> Graph:
-    """Two LoRAs draw the same held-out prompt from the same seed; each batch is measured against the
-    subject photos (CLIP-T, CLIP-I, DINO) on its own Evaluate node."""
+    """Two LoRAs draw the same held-out prompts from the same seeds; each LoRA's batch (one block of
+    images per prompt) is measured against the subject photos (CLIP-T, CLIP-I, DINO) on its own
+    Evaluate node, which shows a row per prompt and the overall means."""
     g = Graph("evaluate", s)
     ckpt = checkpoint(g, (0, 160))
-    scene = g.add("PrimitiveStringMultiline", (0, 360), {"value": "riding a horse on a beach"},
-                  title="Held-out scene (never trained on)")
-    latent = g.add("EmptyLatentImage", (0, 600), {"width": 512, "height": 512, "batch_size": 4})
-    photos = g.add("LoadImageDataSetFromFolder", (0, 820), {"folder": SUBJECT_FOLDER}, title="Subject photos")
-    clip = g.add("InstructBoothEvaluationModelLoader", (0, 1000),
+    scenes = [g.add("PrimitiveStringMultiline", (0, 360 + 200 * k), {"value": scene},
+                    title=f"Held-out scene {k + 1} (never trained on)") for k, (scene, _) in enumerate(EVAL_SCENES)]
+    latent = g.add("EmptyLatentImage", (0, 780), {"width": 512, "height": 512, "batch_size": 4})
+    photos = g.add("LoadImageDataSetFromFolder", (0, 1000), {"folder": SUBJECT_FOLDER}, title="Subject photos")
+    clip = g.add("InstructBoothEvaluationModelLoader", (0, 1180),
                  {"model_file": "clip-vit-large-patch14/model.safetensors", "kind": "clip"}, title="CLIP (CLIP-T, CLIP-I)")
-    dino = g.add("InstructBoothEvaluationModelLoader", (0, 1180),
+    dino = g.add("InstructBoothEvaluationModelLoader", (0, 1360),
                  {"model_file": "dino-vits16/model.safetensors", "kind": "dino"}, title="DINO ViT-S/16")
-    scored = g.add("PrimitiveStringMultiline", (0, 1360), {"value": "a plushie riding a horse on a beach"},
-                   title="Prompt as scored (no identifier)")
+    scored = g.add("PrimitiveStringMultiline", (0, 1540), {"value": "\n".join(text for _, text in EVAL_SCENES)},
+                   title="Prompts as scored (no identifier), one per scene")
     members = []
     for row, (name, lora_file) in enumerate(EVAL_LORAS):
-        y = 120 + row * 700
+        y = 120 + row * 1240
         lora = g.add("InstructBoothLoadLoRA", (400, y), {"lora_name": lora_file}, {"model": (ckpt, 0), "clip": (ckpt, 1)},
                      title=f"{name} LoRA")
-        text = g.add("StringConcatenate", (400, y + 240), {"string_a": "", "string_b": "", "delimiter": " "},
-                     {"string_a": (lora, 2), "string_b": (scene, 0)}, title="'<trigger phrase> <scene>'")
-        negative = g.add("CLIPTextEncode", (800, y + 240), {"text": NEGATIVE}, {"clip": (lora, 1)}, title="Negative",
+        negative = g.add("CLIPTextEncode", (400, y + 960), {"text": NEGATIVE}, {"clip": (lora, 1)}, title="Negative",
                          height=120)
-        _, _, decode = sample_chain(g, (lora, 0), (lora, 1), (ckpt, 2), (text, 0), negative, latent, 800, y,
-                                    title=f"{name}: positive")
-        measure = g.add("InstructBoothEvaluate", (1880, y), {"label": name},
-                        {"images": (decode, 0), "prompts": (scored, 0), "references": (photos, 0),
+        nodes, decoded = [lora, negative], []
+        for k, scene in enumerate(scenes):
+            top = y + 540 * k
+            text = g.add("StringConcatenate", (400, y + 240 + 340 * k),
+                         {"string_a": "", "string_b": "", "delimiter": " "},
+                         {"string_a": (lora, 2), "string_b": (scene, 0)}, title="'<trigger phrase> <scene>'")
+            positive, sampler, decode = sample_chain(g, (lora, 0), (lora, 1), (ckpt, 2), (text, 0), negative, latent,
+                                                     800, top, title=f"{name}: scene {k + 1}")
+            nodes += [text, positive, sampler, decode]
+            decoded.append(decode)
+        batch = g.add("ImageBatch", (1880, y), links={"image1": (decoded[0], 0), "image2": (decoded[1], 0)},
+                      title=f"{name}: both scenes")
+        measure = g.add("InstructBoothEvaluate", (2220, y), {"label": name},
+                        {"images": (batch, 0), "prompts": (scored, 0), "references": (photos, 0),
                          "clip": (clip, 0), "dino": (dino, 0)}, title=f"Evaluate {name}", height=300)
-        g.add("PreviewImage", (2280, y), links={"images": (decode, 0)}, title=f"{name} images", height=IMAGE_HEIGHT)
-        members.append([lora, text, negative, measure])
-    g.note(EVALUATE_NOTE, (0, -380), (760, 380), "How to use")
+        g.add("PreviewImage", (2620, y), links={"images": (batch, 0)}, title=f"{name} images", height=IMAGE_HEIGHT)
+        members.append(nodes + [batch, measure])
+    g.note(EVALUATE_NOTE, (0, -400), (760, 400), "How to use")
     g.group("DreamBooth", members[0], color="#3f789e")
     g.group("InstructBooth (DreamBooth + RL)", members[1], color="#a1309b")
     return g
@@ -390,14 +405,14 @@ following the edges of a control image with the stock ControlNet nodes.
 Needs `{CONTROLNET}` in `ComfyUI/models/controlnet/` and a LoRA made by the
 Personalize or InstructBooth workflow."""
 
-EVALUATE_NOTE = f"""## Evaluate: DreamBooth vs InstructBooth on a held-out prompt
+EVALUATE_NOTE = f"""## Evaluate: DreamBooth vs InstructBooth on held-out prompts
 
-Both LoRAs draw the same held-out prompt with the same seed; each **InstructBooth Evaluate** node shows
-CLIP-T (image vs the prompt written without the identifier), CLIP-I and DINO (mean cosine with every
+Both LoRAs draw the same held-out scenes with the same seeds; each **InstructBooth Evaluate** node shows,
+per prompt and overall, CLIP-T (image vs the prompt written without the identifier), CLIP-I and DINO (mean cosine with every
 photo in `ComfyUI/input/{SUBJECT_FOLDER}/`). Higher DINO / CLIP-I: the subject survived; higher CLIP-T:
 the instruction is followed. Put the weights in `ComfyUI/models/evaluation/` as hub folders
 (`clip-vit-large-patch14/`, `dino-vits16/`: config.json + model.safetensors, and CLIP's tokenizer files).
-Change the scene and the scored prompt together to try other held-out prompts;
+Change a scene and its scored line together to try other held-out prompts (one line per scene, in order);
 `instructbooth evaluate` runs whole prompt lists headless."""
 
 WORKFLOWS_BUILT = {

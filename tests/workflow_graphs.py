@@ -28,7 +28,7 @@ TITLES = {
     "instructbooth_full": "2 InstructBooth - personalize, RL fine-tune, render unseen prompts",
     "score_and_rerank": "3 ImageReward - score a batch and keep the best of N",
     "controlnet": "4 The tuned LoRA with ControlNet",
-    "evaluate": "5 Evaluate - DreamBooth vs InstructBooth LoRA on a held-out prompt",
+    "evaluate": "5 Evaluate - DreamBooth vs InstructBooth LoRA on held-out prompts",
 }
 
 
