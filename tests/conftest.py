@@ -38,3 +38,13 @@ def shared_fixtures(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("fixtures")
     materialize(root / "imagereward_tiny")
     return root
+
+
+@pytest.fixture(scope="module")
+def pack(tmp_path_factory):
+    """The node pack loaded against the ComfyUI stand-ins, with its own ComfyUI root folder (one per
+    test module: the stand-ins' state does not leak between modules)."""
+    from nodes_harness import loaded_pack
+
+    with loaded_pack(tmp_path_factory.mktemp("comfy_root")) as module:
+        yield module

@@ -9,13 +9,7 @@ import math
 import pytest
 import torch
 from evaluation_models import pictures, tiny_clip_folder, tiny_dino_folder
-from nodes_harness import loaded_pack, pack_module
-
-
-@pytest.fixture(scope="module")
-def pack(tmp_path_factory):
-    with loaded_pack(tmp_path_factory.mktemp("comfy_root")) as module:
-        yield module
+from nodes_harness import pack_module
 
 
 @pytest.fixture(scope="module")

@@ -72,14 +72,6 @@ def test_write_feedback_refuses_mismatched_counts(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def pack(tmp_path_factory):
-    from nodes_harness import loaded_pack
-
-    with loaded_pack(tmp_path_factory.mktemp("comfy_root")) as module:
-        yield module
-
-
-@pytest.fixture(scope="module")
 def nodes(pack):
     """This module's nodes alone (the rest of the pack is tested in test_nodes.py)."""
     from nodes_harness import pack_module

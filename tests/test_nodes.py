@@ -8,20 +8,13 @@ import shutil
 
 import pytest
 import torch
-from nodes_harness import loaded_pack, pack_module, reset_records, schema_info, standin
+from nodes_harness import pack_module, reset_records, schema_info, standin
 
 NODE_IDS = ["InstructBoothPersonalize", "InstructBoothImageRewardLoader", "InstructBoothImageRewardScore",
             "InstructBoothBestOfN", "InstructBoothRLFineTune", "InstructBoothPreferencePairs", "InstructBoothDPO",
             "InstructBoothLoadLoRA", "InstructBoothEvaluationModelLoader", "InstructBoothEvaluate",
             "InstructBoothSaveFeedback", "InstructBoothLoadFeedback", "InstructBoothLearnReward",
             "InstructBoothLearnedRewardLoader"]
-
-
-@pytest.fixture(scope="module")
-def pack(tmp_path_factory):
-    root = tmp_path_factory.mktemp("comfy_root")
-    with loaded_pack(root) as module:
-        yield module
 
 
 @pytest.fixture(autouse=True)

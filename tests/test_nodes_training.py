@@ -13,15 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from nodes_harness import loaded_pack, pack_module, reset_records, standin
+from nodes_harness import pack_module, reset_records, standin
 
 PROMPTS = "{id} riding a bicycle\n{id} reading a book"
-
-
-@pytest.fixture(scope="module")
-def pack(tmp_path_factory):
-    with loaded_pack(tmp_path_factory.mktemp("comfy_root")) as module:
-        yield module
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from nodes_harness import loaded_pack, schema_info
+from nodes_harness import schema_info
 from workflow_graphs import (
     CORE_SNAPSHOT,
     TITLES,
@@ -26,12 +26,6 @@ from workflow_graphs import (
 )
 
 EXPECTED = ["controlnet", "evaluate", "instructbooth_full", "personalize", "score_and_rerank"]
-
-
-@pytest.fixture(scope="module")
-def pack(tmp_path_factory):
-    with loaded_pack(tmp_path_factory.mktemp("comfy_root")) as module:
-        yield module
 
 
 @pytest.fixture(scope="module")
