@@ -8,32 +8,5 @@ Modules: `convert` (LDM single-file checkpoints and diffusers folders <-> SDComp
 
 from __future__ import annotations
 
-from .convert import (
-    ArchitectureHints,
-    CheckpointError,
-    components_from_ldm,
-    detect_model_family,
-    file_sha256,
-    ldm_state_dict,
-    load_checkpoint,
-    load_diffusers_folder,
-    pad_text_layers,
-    read_state_dict,
-    save_checkpoint,
-    save_diffusers_folder,
-)
-
-__all__ = [
-    "ArchitectureHints",
-    "CheckpointError",
-    "components_from_ldm",
-    "detect_model_family",
-    "file_sha256",
-    "ldm_state_dict",
-    "load_checkpoint",
-    "load_diffusers_folder",
-    "pad_text_layers",
-    "read_state_dict",
-    "save_checkpoint",
-    "save_diffusers_folder",
-]
+from .convert import *  # noqa: F403 (the package is its main module's public names)
+from .convert import __all__  # noqa: F401
