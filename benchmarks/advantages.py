@@ -31,7 +31,7 @@ from instructbooth.prompts import IDENTIFIER, RLPrompts, Subject  # noqa: E402
 from instructbooth.rl.advantages import PerPromptStatTracker  # noqa: E402
 from instructbooth.rl.collect import draw_epoch_prompts  # noqa: E402
 from instructbooth.rl.config import RLConfig  # noqa: E402
-from instructbooth.rl.context import generator_for  # noqa: E402
+from instructbooth.seeds import generator_for  # noqa: E402
 from instructbooth.rl.algorithms import make_algorithm  # noqa: E402
 
 DEFAULT = RLConfig()

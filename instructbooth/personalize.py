@@ -31,7 +31,8 @@ from .lora import UNET_ATTENTION_TARGETS, TEXT_ATTENTION_TARGETS, LoraConfig, Lo
 from .lora import lora_disabled, lora_state_dict, load_lora_state, remove_lora, save_lora
 from .sampling import sample_images
 from .subject_data import Examples, ImageSource, cache_examples, caption_prompt, class_prompt, draw_batch
-from .subject_data import fill_prompt, fit_square, instance_prompt, load_subject_images, tensor_to_pil
+from .images import tensor_to_pil
+from .subject_data import fill_prompt, fit_square, instance_prompt, load_subject_images
 from .training import CheckpointStore, Precision, StepCallback, StepReport, adamw, check_resumable, draw_noise
 from .training import gradient_checkpointing, guarded_step, learning_rate_at, noised, non_finite_problem, notify
 from .training import precision_problem, require_finite_weights, restore_trainer_state, set_learning_rate, trainer_state, training_mode

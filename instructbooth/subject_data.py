@@ -29,7 +29,7 @@ from PIL import Image, ImageOps
 
 from .components import SDComponents
 from .encoding import encode_images, encode_prompts
-from .images import tensor_to_pil, to_8bit  # noqa: F401 (tensor_to_pil: re-exported)
+from .images import to_8bit
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 PLACEHOLDERS = ("id", "cls", "desc")

@@ -6,7 +6,8 @@ import torch
 from comfy_api.latest import io
 
 from ..instructbooth.preference.dpo import DPOConfig, PairData, save_result, train_dpo
-from ..instructbooth.preference.pairs import CROSS_MODES, PairConfig, PairStore, build_pairs
+from ..instructbooth.preference.pairs import CROSS_MODES, PairConfig, build_pairs
+from ..instructbooth.preference.store import PairStore
 from ..instructbooth.preference.taxonomy import Taxonomy
 from ..instructbooth.prompts import Subject
 from ..instructbooth.training import state_fingerprint

@@ -11,15 +11,9 @@ import pytest
 import torch
 
 from instructbooth.components import build_components, tiny_configs
-from instructbooth.preference.pairs import (
-    PairConfig,
-    PairStore,
-    build_pairs,
-    cross_decision,
-    derive_seed,
-    plan_prompts,
-    self_pair,
-)
+from instructbooth.preference.pairs import PairConfig, build_pairs, cross_decision, plan_prompts, self_pair
+from instructbooth.preference.store import PairStore
+from instructbooth.seeds import derive_seed
 from instructbooth.preference.taxonomy import Taxonomy, TaxonomyError
 from instructbooth.prompts import Subject
 from instructbooth.rewards import BrightnessReward, reward_from_function

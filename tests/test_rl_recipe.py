@@ -141,7 +141,7 @@ def test_resume_is_bit_exact_with_accumulation(tmp_path):
 
 def test_identifier_ratio_holds_per_epoch_with_one_prompt_per_batch():
     from instructbooth.rl.collect import draw_epoch_prompts
-    from instructbooth.rl.context import generator_for
+    from instructbooth.seeds import generator_for
 
     config = RLConfig(sample_batch_size=4, sample_batches=1, images_per_prompt=4, identifier_ratio=0.25,
                       gradient_accumulation_steps=1)  # one prompt per epoch

@@ -106,7 +106,7 @@ def _error(message: str) -> None:
 def save_validation(result, folder: Path) -> None:
     """Validation images as `folder/step-<step>-<i>.png`."""
     from ..files import atomic_write
-    from ..subject_data import tensor_to_pil
+    from ..images import tensor_to_pil
 
     for batch in result.validation:
         for index, image in enumerate(batch.images):
@@ -118,7 +118,8 @@ def fill_class_folder(components, config, folder: Path) -> Path:
     """Generates the class images `folder` lacks (PNG, numbered) and returns the folder."""
     from ..files import atomic_write
     from ..personalize import generate_class_images
-    from ..subject_data import IMAGE_SUFFIXES, class_prompt, tensor_to_pil
+    from ..images import tensor_to_pil
+    from ..subject_data import IMAGE_SUFFIXES, class_prompt
 
     folder.mkdir(parents=True, exist_ok=True)
     have = len([p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES])

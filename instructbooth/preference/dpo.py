@@ -38,7 +38,7 @@ from ..training import require_finite_weights, restore_trainer_state, set_learni
 from ..training import precision_problem, trainer_state, training_mode
 from .dpo_loss import diffusion_dpo_loss, implicit_accuracy
 from ..seeds import derive_seed
-from .pairs import KINDS, PairStore, PreferencePair
+from .store import KINDS, PairStore, PreferencePair
 
 State = dict[str, torch.Tensor]
 

@@ -41,7 +41,7 @@ from ..rewards.base import RewardFn
 from ..sampling import PromptEmbeddingCache, sample_images
 from ..seeds import derive_seed
 from ..training import non_finite_problem, notify, state_fingerprint
-from .store import IMAGE_FOLDER, KINDS, PairStore, PreferencePair, quantize  # noqa: F401 (re-exported)
+from .store import IMAGE_FOLDER, KINDS, PairStore, PreferencePair, quantize
 from .taxonomy import PromptPair, PromptSpec, Taxonomy
 
 FORMAT = 1  # manifest format version

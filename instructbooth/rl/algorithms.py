@@ -22,7 +22,8 @@ import torch
 
 from .advantages import PerPromptStatTracker, batch_advantages, clip_advantages, group_advantages
 from .config import RLConfig
-from .context import RunContext, generator_for
+from ..seeds import generator_for
+from .context import RunContext
 from .rwr import reward_weights
 from .updates import Regulariser, StepStats, ddpo_update, rwr_update
 

@@ -16,7 +16,8 @@ from ..encoding import decode_latents
 from ..prompts import IDENTIFIER, DrawnPrompt, RLPrompts
 from ..sampling import Trajectories, sample_images, sample_trajectories
 from .config import RLConfig
-from .context import RunContext, derive_seed, generator_for
+from ..seeds import derive_seed, generator_for
+from .context import RunContext
 
 
 @dataclass

@@ -10,7 +10,6 @@ from ..components import SDComponents
 from ..prompts import RLPrompts
 from ..rewards.base import RewardFn
 from ..sampling import DDIMSchedule, PromptEmbeddingCache
-from ..seeds import derive_seed, generator_for  # noqa: F401 (the RL modules' import point)
 from ..training import Precision
 from .config import RLConfig
 from .distributed import Processes

@@ -50,7 +50,8 @@ from .advantages import PerPromptStatTracker
 from .algorithms import Algorithm, make_algorithm
 from .collect import EpochSamples, collect_samples, evaluate_heldout
 from .config import RLConfig
-from .context import RunContext, generator_for
+from ..seeds import generator_for
+from .context import RunContext
 from .distributed import Processes
 from .metrics import clear_metrics, group_stats, summarize, write_metrics
 from .offline import OfflineRound

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from ..sampling import Trajectories, guided_denoiser, rescore_step
-from .context import RunContext, generator_for
+from ..seeds import generator_for
+from .context import RunContext
 from .ddpo import ddpo_loss, gaussian_step_kl
 from .rwr import rwr_loss
 from ..training import draw_noise, noised
