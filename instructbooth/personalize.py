@@ -51,7 +51,7 @@ class PersonalizeConfig:
     identifier: str = "sks"  # the rare token bound to the subject
     class_noun: str = "plushie"  # what the subject is, e.g. "dog", "plushie", "backpack"
     description: str = ""  # optional detail for rare subjects, e.g. "with a blue star on its belly"
-    instance_template: str = "a photo of {id} {cls}{desc}"  # must contain {id}; {desc} adds " <description>"
+    instance_template: str = "a photo of {id} {cls}{desc}"  # must contain {id} or {subject}; {desc} adds " <description>"
     class_template: str = "a photo of {cls}"  # prior-preservation prompt; must not contain the identifier
     use_captions: bool = True  # a `.txt` beside an image is that image's prompt template (must mention the id)
     # LoRA

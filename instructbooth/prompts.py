@@ -1,17 +1,33 @@
-"""Prompt sets and identifier templating for the InstructBooth RL scheme.
+"""Prompt sets and the one template grammar of every stage.
 
-A prompt template marks the subject with `{id}`: "{id} riding a bicycle". With the
-identifier it becomes "sks plushie riding a bicycle"; without it, "a plushie riding a
-bicycle". InstructBooth trains on both, mixed at a ratio, because the personalized model
-alone rarely produces the good samples RL learns from. Default action and interaction
-sets and a held-out set ship in `prompts/*.txt`; users bring their own text files, one
-template per line, `#` starting a comment.
+Templates name the subject with placeholders, each with one meaning everywhere:
+
+- `{subject}`: the subject phrase, "sks plushie" with the identifier or "a plushie" without;
+- `{id}`: the identifier ("sks"); in a prompt made without the identifier it is left out,
+  with the space after it ("a {id} {cls} in the snow" -> "a plushie in the snow");
+- `{cls}`: the class noun ("plushie"); `{desc}`: " <detailed description>" (with its leading
+  space) or nothing.
+
+Personalization captions and templates take any of them ("a photo of {id} {cls}{desc}").
+Prompts made with and without the identifier (RL, evaluation, preference pairs, generation)
+name the subject with `{subject}` or `{id}`: "{subject} riding a bicycle" becomes "sks plushie
+riding a bicycle" or "a plushie riding a bicycle". InstructBooth trains on both, mixed at a
+ratio, because the personalized model alone rarely produces the good samples RL learns from.
+
+Migration: before this grammar, those prompts wrote `{id}` for the whole subject phrase. A
+template with `{id}` and neither `{subject}` nor `{cls}` is still read that way ("{id} riding a
+bicycle" as "{subject} riding a bicycle"), with a FutureWarning naming the rewrite
+(`migrate_templates`).
+
+Default action and interaction sets and a held-out set ship in `prompts/*.txt`; users bring
+their own text files, one template per line, `#` starting a comment.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import warnings
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -19,7 +35,11 @@ from typing import Sequence
 
 import torch
 
-PLACEHOLDER = "{id}"
+PLACEHOLDER = "{subject}"  # the subject phrase in a prompt made with or without the identifier
+SLOTS = ("subject", "id", "cls", "desc")  # every placeholder of the grammar (see the module docstring)
+LEGACY_PLACEHOLDER = "{id}"  # the subject phrase before this grammar (migrate_templates)
+_SLOT = re.compile(r"\{([^{}]*)\}")
+_LEFT_OUT_ID = re.compile(r"\{id\} ?")  # {id} and the space after it, in a prompt without the identifier
 PROMPT_PACKAGE = __package__  # "instructbooth", or "<pack>.instructbooth" inside ComfyUI
 PROMPT_FOLDER = "prompts"
 DEFAULT_TRAIN_SETS = ("actions", "interactions")
@@ -52,28 +72,80 @@ def indefinite_article(noun: str) -> str:
     return "an" if noun[:1].lower() in "aeiou" else "a"
 
 
-def fill(template: str, phrase: str) -> str:
-    """`template` with every `{id}` replaced by `phrase`; any other {placeholder} is an error
-    (it would reach the model as literal text)."""
-    if PLACEHOLDER not in template:
-        raise ValueError(f"prompt template {template!r} has no {PLACEHOLDER} placeholder; "
-                         "write e.g. '{id} riding a bicycle'")
-    unknown = sorted(set(re.findall(r"\{[^{}]*\}", template)) - {PLACEHOLDER})
+class TemplateError(ValueError):
+    """A prompt template the grammar cannot fill; the message says what to write instead."""
+
+
+def template_slots(template: str) -> set[str]:
+    """The placeholder names in `template` ("{subject} in {cls}" -> {"subject", "cls"})."""
+    return set(_SLOT.findall(template))
+
+
+def fill_template(template: str, subject: Subject, with_identifier: bool = True) -> str:
+    """Fills every placeholder of the grammar; an unknown one is an error (it would reach the
+    model as literal text)."""
+    unknown = sorted(template_slots(template) - set(SLOTS))
     if unknown:
-        raise ValueError(f"prompt template {template!r} has unknown placeholders {', '.join(unknown)}; "
-                         f"only {PLACEHOLDER} (the subject) is filled in")
-    return template.replace(PLACEHOLDER, phrase)
+        raise TemplateError(f"prompt template {template!r} has unknown placeholders "
+                            f"{', '.join('{' + u + '}' for u in unknown)}; the placeholders are "
+                            "{subject} (the subject phrase), {id} (the identifier), {cls} (the class noun) "
+                            "and {desc} (the description)")
+    phrase = subject.trigger_phrase if with_identifier else subject.plain_phrase
+    description = f" {subject.description.strip()}" if subject.description.strip() else ""
+    if not with_identifier:
+        template = _LEFT_OUT_ID.sub("", template)
+    values = {"subject": phrase, "id": subject.identifier, "cls": subject.class_noun, "desc": description}
+    return _SLOT.sub(lambda match: values[match.group(1)], template)
+
+
+def migrate_template(template: str) -> str:
+    """The template in this grammar: an old one that wrote {id} for the subject phrase (no
+    {subject}, no {cls}) gets {subject} in its place; any other comes back unchanged."""
+    slots = template_slots(template)
+    if "id" in slots and not slots & {"subject", "cls"}:
+        return template.replace(LEGACY_PLACEHOLDER, PLACEHOLDER)
+    return template
+
+
+def migrate_templates(templates: Sequence[str]) -> list[str]:
+    """`migrate_template` of each, with one FutureWarning when any changed."""
+    migrated = [migrate_template(t) for t in templates]
+    changed = [(old, new) for old, new in zip(templates, migrated) if old != new]
+    if changed:
+        old, new = changed[0]
+        warnings.warn(f"{len(changed)} prompt template(s) mark the subject with {{id}}, as before the one grammar; "
+                      f"read as {{subject}} ({old!r} -> {new!r}). Write {{subject}}: {{id}} is the identifier alone "
+                      "and will be read so in a later release", FutureWarning, stacklevel=2)
+    return migrated
+
+
+def check_subject_template(template: str) -> None:
+    """A prompt made with and without the identifier must say where the subject goes, with
+    {subject} or {id} (then usually "{id} {cls}"); unknown placeholders are errors."""
+    if not template_slots(template) & {"subject", "id"}:
+        raise TemplateError(f"prompt template {template!r} has no {PLACEHOLDER} placeholder; write where the "
+                            "subject goes, e.g. '{subject} riding a bicycle'")
+    fill_template(template, Subject("x", "y"))  # unknown placeholders
+
+
+def fill(template: str, subject: Subject, with_identifier: bool = True) -> str:
+    """A prompt made from a subject template ("{subject} riding a bicycle"), with the identifier
+    ("sks plushie riding a bicycle") or without ("a plushie riding a bicycle"); an older
+    template's lone {id} is read as {subject} (`migrate_templates`)."""
+    template = migrate_templates([template])[0]
+    check_subject_template(template)
+    return fill_template(template, subject, with_identifier)
 
 
 def with_identifier(template: str, subject: Subject, describe: bool = False) -> str:
     """"sks plushie riding a bicycle" (+ ", <description>" when `describe`)."""
-    prompt = fill(template, subject.trigger_phrase)
+    prompt = fill(template, subject, with_identifier=True)
     return f"{prompt}, {subject.description}" if describe and subject.description else prompt
 
 
 def without_identifier(template: str, subject: Subject) -> str:
     """"a plushie riding a bicycle"."""
-    return fill(template, subject.plain_phrase)
+    return fill(template, subject, with_identifier=False)
 
 
 def parse_prompt_lines(text: str) -> list[str]:
@@ -131,15 +203,17 @@ def _stochastic_round(value: float, generator: torch.Generator) -> int:
 class RLPrompts:
     """Training and held-out prompt templates for one subject."""
 
-    templates: tuple[str, ...]  # with {id}; trained on
+    templates: tuple[str, ...]  # with {subject}; trained on
     subject: Subject
-    heldout: tuple[str, ...] = ()  # with {id}; only evaluated (always with the identifier)
+    heldout: tuple[str, ...] = ()  # with {subject}; only evaluated (always with the identifier)
 
     def __post_init__(self):
         if not self.templates:
             raise ValueError("RLPrompts needs at least one training template")
+        object.__setattr__(self, "templates", tuple(migrate_templates(self.templates)))
+        object.__setattr__(self, "heldout", tuple(migrate_templates(self.heldout)))
         for template in (*self.templates, *self.heldout):
-            fill(template, "x")  # raises a clear error for a template without {id}
+            check_subject_template(template)
         overlap = set(self.templates) & set(self.heldout)
         if overlap:
             raise ValueError(f"held-out templates also in the training set: {sorted(overlap)[:3]}")

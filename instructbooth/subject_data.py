@@ -5,9 +5,9 @@ BCHW and single images are accepted too). A caption may sit beside each file as 
 with the same stem. Every image ends up as a float32 [3, H, W] tensor in [0, 1], then is
 resized (shorter side to the training resolution) and centre-cropped to a square.
 
-Prompts are templates with the placeholders `{id}` (the rare identifier, e.g. "sks"),
-`{cls}` (the class noun, e.g. "plushie") and `{desc}` (the optional detailed description,
-filled with a leading space, or nothing): "a photo of {id} {cls}{desc}".
+Prompts are templates in the one grammar of prompts.py: `{id}` (the rare identifier, e.g.
+"sks"), `{cls}` (the class noun, e.g. "plushie"), `{desc}` (the optional detailed description,
+filled with a leading space, or nothing) and `{subject}` ("{id} {cls}"): "a photo of {id} {cls}{desc}".
 
 `Examples` holds one part of a training batch (the subject photos, or the class images
 for prior preservation); `cache_examples` encodes it once and `draw_batch` draws a step's
@@ -17,7 +17,6 @@ latents with seeded shuffles, flips and VAE posterior samples, cached or not ali
 from __future__ import annotations
 
 import re
-import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, Union
@@ -28,11 +27,11 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from .components import SDComponents
+from .prompts import Subject, fill_template, template_slots
 from .encoding import encode_images, encode_prompts
 from .images import to_8bit
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-PLACEHOLDERS = ("id", "cls", "desc")
 
 ImageSource = Union[str, Path, torch.Tensor, Image.Image, Sequence[Union[str, Path, torch.Tensor, Image.Image]]]
 
@@ -181,22 +180,21 @@ def training_photos(source: ImageSource, height: int, width: int) -> torch.Tenso
 
 
 def fill_prompt(template: str, identifier: str, class_noun: str, description: str = "") -> str:
-    """Fills `{id}`, `{cls}` and `{desc}`; unknown placeholders raise SubjectDataError."""
-    names = {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
-    unknown = sorted(names - set(PLACEHOLDERS))
-    if unknown:
-        raise SubjectDataError(f"prompt template {template!r} has unknown placeholders {unknown}; use {{id}}, {{cls}}, {{desc}}")
-    desc = f" {description.strip()}" if description.strip() else ""
-    return template.format(id=identifier, cls=class_noun, desc=desc)
+    """Fills the grammar's placeholders (prompts.py: `{id}`, `{cls}`, `{desc}`, `{subject}` =
+    "{id} {cls}"); unknown placeholders raise SubjectDataError."""
+    try:
+        return fill_template(template, Subject(identifier or "?", class_noun or "?", description))
+    except ValueError as error:
+        raise SubjectDataError(str(error)) from None
 
 
 def instance_prompt(template: str, identifier: str, class_noun: str, description: str = "") -> str:
     """The instance prompt; the template must contain `{id}`, or nothing binds the subject."""
     check_identifier(identifier)
-    if "{id}" not in template:
+    if not template_slots(template) & {"id", "subject"}:
         raise SubjectDataError(
-            f"instance prompt template {template!r} has no {{id}}; the identifier is what binds the subject, "
-            'e.g. "a photo of {id} {cls}{desc}"'
+            f"instance prompt template {template!r} has no {{id}} (or {{subject}}); the identifier is what binds "
+            'the subject, e.g. "a photo of {id} {cls}{desc}"'
         )
     return fill_prompt(template, identifier, class_noun, description)
 

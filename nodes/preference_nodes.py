@@ -29,7 +29,7 @@ class PreferencePairs(io.ComfyNode):
             display_name="InstructBooth Preference Pairs",
             category="InstructBooth",
             description="Makes preference pairs from the model itself: for analogous prompts of the shipped "
-            "taxonomy ('{id} holding a red / a blue umbrella') it samples several images, lets ImageReward judge "
+            "taxonomy ('{subject} holding a red / a blue umbrella') it samples several images, lets ImageReward judge "
             "them and keeps best-vs-worst and cross-prompt pairs with a clear margin. Resumable; for DPO.",
             inputs=[
                 io.Model.Input("model", tooltip="The base SD1.5 model from Load Checkpoint."),

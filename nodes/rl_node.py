@@ -6,12 +6,14 @@ from comfy_api.latest import io
 
 from ..instructbooth.lora import save_lora
 from ..instructbooth.prompts import (
-    PLACEHOLDER,
     RLPrompts,
     Subject,
+    check_subject_template,
     load_prompt_set,
+    migrate_templates,
     parse_prompt_lines,
     shipped_prompt_sets,
+    template_slots,
 )
 from ..instructbooth.rl.config import ADVANTAGE_MODES, METHODS, RLConfig
 from ..instructbooth.rl.metrics import draw_reward_curve
@@ -25,7 +27,7 @@ from .runs import (RunFolder, config_from_inputs, fingerprint_images, fingerprin
 
 DEFAULTS = RLConfig()
 LORA_MODEL, LOSS_MAP = io.Custom("LORA_MODEL"), io.Custom("LOSS_MAP")
-DEFAULT_PROMPTS = """# One prompt per line; {id} becomes 'sks plushie' (or 'a plushie' for the plain share).
+DEFAULT_PROMPTS = """# One prompt per line; {subject} becomes 'sks plushie' (or 'a plushie' for the plain share).
 # @actions and @interactions add the prompt sets shipped with InstructBooth.
 @actions
 @interactions"""
@@ -46,7 +48,7 @@ class RLFineTune(io.ComfyNode):
                 io.Vae.Input("vae", tooltip="The VAE of the same checkpoint (decodes samples for the reward)."),
                 IMAGE_REWARD.Input("image_reward", tooltip="From ImageReward Loader: the reward to maximise."),
                 io.String.Input("prompts", multiline=True, default=DEFAULT_PROMPTS,
-                                tooltip="Training prompts, one per line, each with {id} where the subject goes. "
+                                tooltip="Training prompts, one per line, each with {subject} where the subject goes. "
                                 "'#' starts a comment; '@actions' / '@interactions' add the shipped sets."),
                 io.String.Input("identifier", default="sks", tooltip="The identifier the subject LoRA was trained with."),
                 io.String.Input("class_noun", default="plushie", tooltip="The subject's class noun, e.g. 'plushie'."),
@@ -178,9 +180,10 @@ class RLFineTune(io.ComfyNode):
 
 
 def prompt_templates(text: str) -> list[str]:
-    """Templates from the prompts widget: lines with {id}, '@set' lines naming shipped sets.
+    """Templates from the prompts widget: lines with {subject}, '@set' lines naming shipped sets.
 
-    Raises ValueError naming the lines without {id}, unknown sets, or an empty list."""
+    Raises ValueError naming the lines without the subject, unknown sets, or an empty list.
+    An older workflow's lone {id} is read as {subject} (prompts.migrate_templates)."""
     templates = []
     for line in parse_prompt_lines(text or ""):
         if line.startswith("@"):
@@ -191,13 +194,17 @@ def prompt_templates(text: str) -> list[str]:
             templates += load_prompt_set(name)
         else:
             templates.append(line)
-    missing = [t for t in templates if PLACEHOLDER not in t]
+    templates = migrate_templates(templates)
+    missing = [t for t in templates if not template_slots(t) & {"subject", "id"}]
     if missing:
         shown = "; ".join(repr(t) for t in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        raise ValueError(f"prompts without {PLACEHOLDER}: {shown}. Write {PLACEHOLDER} where the subject goes, "
-                         "e.g. '{id} riding a bicycle'")
+        raise ValueError(f"prompts without {{subject}}: {shown}. Write {{subject}} where the subject goes, "
+                         "e.g. '{subject} riding a bicycle'")
+    for template in templates:
+        check_subject_template(template)  # unknown placeholders
     if not templates:
-        raise ValueError("no training prompts: write one per line with {id}, e.g. '{id} riding a bicycle', or @actions")
+        raise ValueError("no training prompts: write one per line with {subject}, e.g. '{subject} riding a bicycle', "
+                         "or @actions")
     return list(dict.fromkeys(templates))
 
 

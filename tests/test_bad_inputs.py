@@ -26,7 +26,7 @@ def files(tmp_path) -> dict[str, Path]:
              "plainfile": tmp_path / "notes.txt", "tmp": tmp_path}
     for key in ("ckpt", "lora", "reward", "plainfile"):
         paths[key].write_bytes(key.encode() * 100)
-    (tmp_path / "p.txt").write_text("{id} riding a bicycle\n{id} in {place}\n")
+    (tmp_path / "p.txt").write_text("{subject} riding a bicycle\n{subject} in {place}\n")
     from safetensors.torch import save_file
 
     save_file({"lora_unet_mid_block_attentions_0_proj_in.lora_down.weight": torch.full((2, 32), float("nan")),
@@ -131,8 +131,8 @@ def test_a_result_that_cannot_be_saved_is_kept_and_its_place_named(tmp_path):
 
 def test_rl_resume_with_other_prompts_is_refused(tmp_path, capsys):
     first, second = tmp_path / "a.txt", tmp_path / "b.txt"
-    first.write_text("{id} riding a bicycle\n")
-    second.write_text("{id} swimming\n")
+    first.write_text("{subject} riding a bicycle\n")
+    second.write_text("{subject} swimming\n")
     common = RL + ["--output", str(tmp_path / "o.safetensors"), "--checkpoint-dir", str(tmp_path / "ck"),
                    "--heldout", "none", "--sample-steps", "2", "--height", "16", "--width", "16",
                    "--sample-batch-size", "2", "--sample-batches", "1", "--images-per-prompt", "2",

@@ -400,8 +400,8 @@ def _wait_for_checkpoint(base: Path, pattern: str, minimum_step: int, timeout: f
 @pytest.mark.parametrize("name, changes, message", [
     ("score_and_rerank", {"InstructBoothImageRewardLoader": dict(reward_file="ImageReward.pt")},
      "no file 'ImageReward.pt' in the ImageReward folder"),
-    ("instructbooth_full", {"InstructBoothRLFineTune": dict(prompts="{id} riding a bicycle\na plushie reading")},
-     "prompts without {id}: 'a plushie reading'"),
+    ("instructbooth_full", {"InstructBoothRLFineTune": dict(prompts="{subject} riding a bicycle\na plushie reading")},
+     "prompts without {subject}: 'a plushie reading'"),
     ("personalize", {"InstructBoothPersonalize": dict(lora_name="../../escape")}, "must be a relative name"),
     ("controlnet", {"InstructBoothLoadLoRA": dict(lora_name="../checkpoints/sd15_small.safetensors")},
      "must be a relative name"),

@@ -25,7 +25,7 @@ from instructbooth.prompts import Subject
 from instructbooth.rewards import reward_from_function
 
 COLOURS = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0)}
-TAXONOMY = {"themes": {"colour": {"object": {"template": "{id} with a {colour} {thing}",
+TAXONOMY = {"themes": {"colour": {"object": {"template": "{subject} with a {colour} {thing}",
                                              "attributes": {"colour": list(COLOURS), "thing": ["ball", "box"]}}}}}
 
 

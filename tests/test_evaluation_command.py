@@ -43,7 +43,7 @@ def setup(tmp_path_factory):
     photos.mkdir()
     for index, image in enumerate(pictures(2, 40, 48, seed=21)):
         Image.fromarray((image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()).save(photos / f"{index}.png")
-    (root / "prompts.txt").write_text("# two templates\na {id} in the snow\n{id} riding a horse\n")
+    (root / "prompts.txt").write_text("# two templates\na {id} {cls} in the snow\n{subject} riding a horse\n")
     return {"root": root, "photos": photos, "clip": tiny_clip_folder(root / "clip"),
             "dino": tiny_dino_folder(root / "dino"), "prompts": root / "prompts.txt",
             "dreambooth": tiny_lora(root / "db.safetensors", 1), "instructbooth": tiny_lora(root / "ib.safetensors", 2)}
@@ -109,13 +109,13 @@ def test_shipped_dreambooth_prompt_lists_and_scoring_text():
     objects, _ = load_prompts("dreambooth_objects")
     live, _ = load_prompts("dreambooth_live")
     assert len(objects) == len(live) == 25 and objects[:10] == live[:10]
-    assert "a {id} wearing a santa hat" in live and "a {id} floating in an ocean of milk" in objects
+    assert "a {id} {cls} wearing a santa hat" in live and "a {id} {cls} floating in an ocean of milk" in objects
     both, files = load_prompts("dreambooth_objects,dreambooth_live,heldout")
     assert len(both) == 25 + 10 + 10 and files == []  # the lists share 15 prompts; 10 held-out ones
     plushie = Subject("sks", "plushie")
-    assert scoring_text("a red {id}", plushie) == "a red plushie"
-    assert scoring_text("{id} riding a horse", plushie) == "a plushie riding a horse"
-    assert scoring_text("a {id} in the jungle", Subject("sks", "owl")) == "a owl in the jungle"
+    assert scoring_text("a red {id} {cls}", plushie) == "a red plushie"
+    assert scoring_text("{subject} riding a horse", plushie) == "a plushie riding a horse"
+    assert scoring_text("a {id} {cls} in the jungle", Subject("sks", "owl")) == "a owl in the jungle"
 
 
 @pytest.mark.parametrize("change, message", [
@@ -124,7 +124,7 @@ def test_shipped_dreambooth_prompt_lists_and_scoring_text():
     ({"--clip": "DINO"}, "not a transformers CLIP model"),
     ({"--lora": ["a b=x.safetensors"]}, "label 'a b'"),
     ({"--lora": ["x=DB", "x=IB"]}, "labels must differ"),
-    ({"--prompts": "BADPROMPTS"}, "has no {id}"),
+    ({"--prompts": "BADPROMPTS"}, "has no {subject}"),
     ({"--height": "20"}, "multiples of 8"),
     ({"--lora": [], "--no-base": None}, "nothing to evaluate"),
     ({"--clip": None, "--dino": None}, "nothing to measure"),

@@ -19,7 +19,7 @@ from instructbooth.rewards.registry import reward_weights_file
 from instructbooth.rl.config import RLConfig
 from instructbooth.rl.trainer import train_rl
 
-PROMPTS = RLPrompts(("{id} riding a bicycle", "{id} swimming"), Subject("sks", "plushie"), ())
+PROMPTS = RLPrompts(("{subject} riding a bicycle", "{subject} swimming"), Subject("sks", "plushie"), ())
 RUN = dict(sample_steps=2, guidance=1.0, height=16, width=16, sample_batch_size=4, sample_batches=1, epochs=2,
            train_batch_size=4, advantage="batch", heldout_every=0, identifier_ratio=0.5, images_per_prompt=1,
            gradient_accumulation_steps=1, timestep_window=1.0)

@@ -219,14 +219,14 @@ def test_best_of_n_keeps_the_k_best_images_sorted(nodes, scorer):
 def test_rl_prompts_expand_shipped_sets_and_skip_comments(pack):
     rl = pack_module("nodes.rl_node")
     prompts = pack_module("instructbooth.prompts")
-    templates = rl.prompt_templates("# comment\n@actions\n{id} juggling # trailing comment\n{id} juggling")
-    assert templates == prompts.load_prompt_set("actions") + ["{id} juggling"]
+    templates = rl.prompt_templates("# comment\n@actions\n{subject} juggling # trailing comment\n{subject} juggling")
+    assert templates == prompts.load_prompt_set("actions") + ["{subject} juggling"]
     assert len(rl.prompt_templates(rl.DEFAULT_PROMPTS)) == len(prompts.load_prompt_set("actions")) + len(
         prompts.load_prompt_set("interactions"))
 
 
 @pytest.mark.parametrize("text, message", [
-    ("{id} riding\na plushie riding", "prompts without {id}: 'a plushie riding'"),
+    ("{subject} riding\na plushie riding", "prompts without {subject}: 'a plushie riding'"),
     ("@nope", "unknown prompt set '@nope'"),
     ("@../../secrets.txt", "unknown prompt set"),
     ("# only a comment\n", "no training prompts"),
@@ -237,7 +237,7 @@ def test_rl_prompts_lacking_id_or_naming_unknown_sets_fail_validation(nodes, tex
 
 
 def test_rl_validation_passes_good_input(nodes):
-    assert nodes["InstructBoothRLFineTune"].validate_inputs("{id} riding a bicycle", "sks", "ib/rl") is True
+    assert nodes["InstructBoothRLFineTune"].validate_inputs("{subject} riding a bicycle", "sks", "ib/rl") is True
 
 
 def _rl_widget_defaults(node) -> dict:
@@ -256,10 +256,10 @@ def test_rl_node_defaults_are_the_library_recipe_and_bad_settings_fail_validatio
     for name in ("advantage", "images_per_prompt", "gradient_accumulation_steps", "timestep_window",
                  "tracker_min_count", "kl_weight", "identifier_ratio", "learning_rate", "epochs"):
         assert name in widgets, name
-    assert node.validate_inputs("{id} riding a bicycle", "sks", "ib/rl", **widgets) is True
-    message = node.validate_inputs("{id} riding a bicycle", "sks", "ib/rl", **{**widgets, "images_per_prompt": 1})
+    assert node.validate_inputs("{subject} riding a bicycle", "sks", "ib/rl", **widgets) is True
+    message = node.validate_inputs("{subject} riding a bicycle", "sks", "ib/rl", **{**widgets, "images_per_prompt": 1})
     assert isinstance(message, str) and "images_per_prompt=1 every advantage is 0" in message
-    message = node.validate_inputs("{id} riding a bicycle", "sks", "ib/rl", **{**widgets, "sample_batch_size": 6})
+    message = node.validate_inputs("{subject} riding a bicycle", "sks", "ib/rl", **{**widgets, "sample_batch_size": 6})
     assert "images_per_prompt 4 must be >= 1 and divide sample_batch_size 6" in message
 
 
@@ -288,7 +288,7 @@ def test_every_node_that_takes_a_file_name_refuses_bad_ones_with_a_message(nodes
     calls = {
         "InstructBoothLoadLoRA": lambda cls: cls.validate_inputs(bad),
         "InstructBoothPersonalize": lambda cls: cls.validate_inputs(["sks"], [bad]),
-        "InstructBoothRLFineTune": lambda cls: cls.validate_inputs("{id} riding a bicycle", "sks", bad),
+        "InstructBoothRLFineTune": lambda cls: cls.validate_inputs("{subject} riding a bicycle", "sks", bad),
         "InstructBoothPreferencePairs": lambda cls: cls.validate_inputs("sks", bad),
         "InstructBoothDPO": lambda cls: cls.validate_inputs(bad),
     }

@@ -15,7 +15,7 @@ import pytest
 import torch
 from nodes_harness import pack_module, reset_records, standin
 
-PROMPTS = "{id} riding a bicycle\n{id} reading a book"
+PROMPTS = "{subject} riding a bicycle\n{subject} reading a book"
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from instructbooth.prompts import Subject
 from instructbooth.rewards import BrightnessReward, reward_from_function
 
 COLOURS = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0)}
-SMALL = {"themes": {"colour": {"object": {"template": "{id} with a {colour} {thing}",
+SMALL = {"themes": {"colour": {"object": {"template": "{subject} with a {colour} {thing}",
                                           "attributes": {"colour": list(COLOURS), "thing": ["ball", "box"]}}}}}
 
 
@@ -70,15 +70,15 @@ def test_default_taxonomy_loads_and_samples_balanced_distinct_pairs():
 
 def test_taxonomy_yaml_and_clear_errors(tmp_path):
     path = tmp_path / "mine.yaml"
-    path.write_text("themes:\n  t:\n    s:\n      template: '{id} in {place}'\n      attributes:\n"
+    path.write_text("themes:\n  t:\n    s:\n      template: '{subject} in {place}'\n      attributes:\n"
                     "        place: [Paris, Rome]\n")
     assert [p.text("x") for p in Taxonomy.load(path).prompts()] == ["x in Paris", "x in Rome"]
     broken = {
-        "slots without values \\['colour'\\]": {"template": "{id} {colour}", "attributes": {}},
-        "not in the template \\['size'\\]": {"template": "{id} {colour}", "attributes": {"colour": ["a", "b"],
+        "slots without values \\['colour'\\]": {"template": "{subject} {colour}", "attributes": {}},
+        "not in the template \\['size'\\]": {"template": "{subject} {colour}", "attributes": {"colour": ["a", "b"],
                                                                                          "size": ["s"]}},
-        "lists a value twice": {"template": "{id} {colour}", "attributes": {"colour": ["a", "a"]}},
-        "no attribute has two values": {"template": "{id} {colour}", "attributes": {"colour": ["a"]}},
+        "lists a value twice": {"template": "{subject} {colour}", "attributes": {"colour": ["a", "a"]}},
+        "no attribute has two values": {"template": "{subject} {colour}", "attributes": {"colour": ["a"]}},
     }
     for message, body in broken.items():
         with pytest.raises(TaxonomyError, match=message):

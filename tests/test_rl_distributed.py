@@ -17,8 +17,8 @@ from instructbooth.prompts import RLPrompts, Subject
 from instructbooth.rl.config import RLConfig
 from instructbooth.rl.trainer import train_rl
 
-PROMPTS = RLPrompts(("{id} riding a bicycle", "{id} swimming", "{id} reading"), Subject("sks", "plushie"),
-                    ("{id} baking", "{id} on the moon", "{id} dancing"))
+PROMPTS = RLPrompts(("{subject} riding a bicycle", "{subject} swimming", "{subject} reading"), Subject("sks", "plushie"),
+                    ("{subject} baking", "{subject} on the moon", "{subject} dancing"))
 # Per-process sizes: one process draws 2 batches of 4; two processes draw 2 batches of 2 each.
 SETTINGS = dict(sample_steps=4, guidance=2.0, height=16, width=16, sample_batches=2, epochs=2, inner_epochs=2,
                 learning_rate=3e-2, clip_range=1e-2, advantage="tracker", tracker_min_count=2, kl_weight=0.1,

@@ -16,7 +16,7 @@ from instructbooth.rl.config import RLConfig
 from instructbooth.rl.rwr import reward_weights
 from instructbooth.rl.trainer import train_rl
 
-PROMPTS = RLPrompts(("{id} riding a bicycle", "{id} swimming"), Subject("sks", "plushie"))
+PROMPTS = RLPrompts(("{subject} riding a bicycle", "{subject} swimming"), Subject("sks", "plushie"))
 LEE = dict(method="lee", sample_steps=3, guidance=1.0, height=16, width=16, learning_rate=3e-2, heldout_every=0,
            sample_batch_size=4, sample_batches=1, images_per_prompt=2, train_batch_size=2,
            gradient_accumulation_steps=2, epochs=3)

@@ -15,8 +15,8 @@ from instructbooth.rl.advantages import PerPromptStatTracker, group_advantages
 from instructbooth.rl.config import RLConfig
 from instructbooth.rl.trainer import train_rl
 
-PROMPTS = RLPrompts(("{id} riding a bicycle", "{id} swimming", "{id} reading"), Subject("sks", "plushie"),
-                    ("{id} baking",))
+PROMPTS = RLPrompts(("{subject} riding a bicycle", "{subject} swimming", "{subject} reading"), Subject("sks", "plushie"),
+                    ("{subject} baking",))
 TINY = dict(sample_steps=4, guidance=2.0, height=16, width=16, learning_rate=3e-2, clip_range=1e-2, heldout_every=0,
             epochs=1)
 

@@ -19,8 +19,8 @@ from instructbooth.rl.trainer import train_rl
 from instructbooth.training import StopTraining
 
 PLUSHIE = Subject("sks", "plushie")
-PROMPTS = RLPrompts(("{id} riding a bicycle", "{id} swimming", "{id} reading"), PLUSHIE,
-                    ("{id} baking", "{id} on the moon", "{id} dancing", "{id} painting"))
+PROMPTS = RLPrompts(("{subject} riding a bicycle", "{subject} swimming", "{subject} reading"), PLUSHIE,
+                    ("{subject} baking", "{subject} on the moon", "{subject} dancing", "{subject} painting"))
 SMALL = dict(sample_steps=4, guidance=2.0, height=16, width=16, sample_batch_size=4, sample_batches=2, epochs=3,
              train_batch_size=4, learning_rate=3e-2, clip_range=1e-2, advantage="tracker", tracker_min_count=2,
              heldout_every=2, heldout_seeds=1, kl_weight=0.1, identifier_ratio=0.5, images_per_prompt=1,
@@ -303,7 +303,7 @@ def test_rl_command_writes_one_lora_and_metrics(tmp_path):
     from instructbooth.lora import load_lora
 
     prompts = tmp_path / "mine.txt"
-    prompts.write_text("{id} riding a bicycle\n{id} swimming  # comment\n", encoding="utf-8")
+    prompts.write_text("{subject} riding a bicycle\n{subject} swimming  # comment\n", encoding="utf-8")
     output = tmp_path / "rl.safetensors"
     argv = ["rl", "--random-model", "tiny", "--reward", "brightness", "--identifier", "sks", "--class-noun", "plushie",
             "--prompts", str(prompts), "--heldout", "none", "--output", str(output), "--sample-steps", "3",

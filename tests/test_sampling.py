@@ -174,7 +174,8 @@ def test_generate_command_writes_seeded_images(tmp_path):
     from PIL import Image
 
     from instructbooth.cli import main
-    from instructbooth.commands.generate import fill_trigger, parse_lora_spec
+    from instructbooth.commands.generate import fill_subject, parse_lora_spec
+    from instructbooth.lora.files import LoraMetadata
 
     out = tmp_path / "images"
     argv = ["generate", "--random-model", "tiny", "--prompt", "a red cup", "--prompt", "a blue cup", "--num-images", "2",
@@ -187,7 +188,15 @@ def test_generate_command_writes_seeded_images(tmp_path):
         assert image.size == (16, 16)
     assert parse_lora_spec("a/b.safetensors:0.5") == ("a/b.safetensors", 0.5)
     assert parse_lora_spec("C:/loras/x.safetensors") == ("C:/loras/x.safetensors", 1.0)
-    assert fill_trigger(["{id} swimming"], "sks plushie") == ["sks plushie swimming"]
-    with pytest.raises(ValueError, match="trigger phrase"):
-        fill_trigger(["{id} swimming"], "")
+    meta = LoraMetadata(trigger_phrase="sks plushie", identifier="sks", class_noun="plushie")
+    assert fill_subject(["{subject} swimming", "a {id} {cls} at sea", "a cat"], meta) == [
+        "sks plushie swimming", "a sks plushie at sea", "a cat"]
+    with pytest.warns(FutureWarning):
+        assert fill_subject(["{id} swimming"], meta) == ["sks plushie swimming"]  # an older prompt's lone {id}
+    only_trigger = LoraMetadata(trigger_phrase="zwx owl")
+    assert fill_subject(["{subject} flying"], only_trigger) == ["zwx owl flying"]
+    with pytest.raises(ValueError, match="records only its trigger phrase 'zwx owl'; write \\{subject\\}"):
+        fill_subject(["a {id} {cls}"], only_trigger)
+    with pytest.raises(ValueError, match="no LoRA names a subject"):
+        fill_subject(["{subject} swimming"], None)
     assert main(["generate", "--random-model", "tiny", "--output-dir", str(out)]) == 1  # no prompt: a clear error

@@ -131,8 +131,9 @@ def test_prompt_templates():
     assert class_prompt("a photo of {cls}", "sks", "plushie") == "a photo of plushie"
     with pytest.raises(SubjectDataError, match=r"no \{id\}"):
         instance_prompt("a photo of {cls}", "sks", "plushie")
-    with pytest.raises(SubjectDataError, match=r"unknown placeholders \['subject'\]"):
-        fill_prompt("a {subject}", "sks", "plushie")
+    with pytest.raises(SubjectDataError, match=r"unknown placeholders \{who\}"):
+        fill_prompt("a {who}", "sks", "plushie")
+    assert fill_prompt("a {subject}", "sks", "plushie") == "a sks plushie"  # the one grammar (prompts.py)
     with pytest.raises(SubjectDataError, match="contains the identifier"):
         class_prompt("a photo of {id} {cls}", "sks", "plushie")
     with pytest.raises(SubjectDataError, match="one non-empty word"):

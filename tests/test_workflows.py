@@ -67,7 +67,7 @@ def test_api_copy_is_the_ui_workflow_converted_and_is_valid(name, schemas):
 
 @pytest.mark.parametrize("name", EXPECTED)
 def test_our_nodes_accept_the_shipped_settings(name, ours):
-    """Our validate_inputs (prompts with {id}, safe file names, identifiers) pass on the shipped values."""
+    """Our validate_inputs (prompts with {subject}, safe file names, identifiers) pass on the shipped values."""
     for node_id, entry in load_json(api_path(workflow_path(name))).items():
         cls = ours.get(entry["class_type"])
         if cls is None or "validate_inputs" not in vars(cls):
@@ -96,7 +96,7 @@ def test_rl_uses_prompts_with_the_identifier_and_the_grid_prompts_are_unseen():
     for name in ("actions", "interactions"):
         for line in (REPO / "instructbooth" / "prompts" / f"{name}.txt").read_text().splitlines():
             if line and not line.startswith("#"):
-                trained.add(line.replace("{id}", "sks plushie"))
+                trained.add(line.replace("{subject}", "sks plushie"))
     assert not any(text.split(",")[0] in trained for text in texts)
 
 

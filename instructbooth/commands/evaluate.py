@@ -7,9 +7,9 @@
 
 Every model (the base checkpoint without a LoRA, unless --no-base, and each labelled LoRA) draws
 `--num-images` images per prompt with the same seeds (`--seed + i`), so the columns differ by the
-LoRA alone. Prompts are `{id}` templates (shipped sets: dreambooth_objects, dreambooth_live,
-heldout; or .txt files); `{id}` becomes the trigger phrase ("sks plushie") for generation and
-the class noun for scoring. Writes images/<label>/*.png, report.json, report.md and report.html.
+LoRA alone. Prompts are subject templates (prompts.py; shipped sets: dreambooth_objects,
+dreambooth_live, heldout; or .txt files): "a {id} {cls} in the snow" is generated as "a sks
+plushie in the snow" and scored as "a plushie in the snow". Writes images/<label>/*.png, report.json, report.md and report.html.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--no-base", action="store_true", help="leave out the base model without a LoRA")
     add("--references", required=True, help="folder of the subject's reference photos (CLIP-I, DINO)")
     add("--prompts", default="dreambooth_objects",
-        help="comma-separated shipped sets (dreambooth_objects, dreambooth_live, heldout) or .txt files of {id} "
-             "templates (default dreambooth_objects)")
+        help="comma-separated shipped sets (dreambooth_objects, dreambooth_live, heldout) or .txt files of subject "
+             "templates ('a {id} {cls} in the snow', '{subject} riding a horse'; default dreambooth_objects)")
     add("--identifier", help="the subject's rare token (default: from the first LoRA's metadata)")
     add("--class-noun", help="the subject's class noun (default: from the first LoRA's metadata)")
     add("--clip", help="CLIP weights (transformers folder or file) for CLIP-T and CLIP-I")
@@ -104,15 +104,13 @@ def check_outputs(args: argparse.Namespace, models, prompt_files: list[str]) -> 
 
 
 def load_prompts(names: str) -> tuple[list[str], list[str]]:
-    """({id} templates, the .txt files among the names)."""
-    from ..prompts import PLACEHOLDER, load_prompt_set
+    """(subject templates, the .txt files among the names)."""
+    from ..prompts import check_subject_template, load_prompt_set, migrate_templates
 
     parts = [n.strip() for n in names.split(",") if n.strip()]
-    templates = [t for name in parts for t in load_prompt_set(name)]
-    missing = [t for t in templates if PLACEHOLDER not in t]
-    if missing:
-        raise ValueError(f"prompt {missing[0]!r} has no {PLACEHOLDER}: write where the subject goes, e.g. "
-                         f"'a {PLACEHOLDER} in the snow'")
+    templates = migrate_templates([t for name in parts for t in load_prompt_set(name)])
+    for template in templates:
+        check_subject_template(template)
     return list(dict.fromkeys(templates)), [n for n in parts if n.endswith(".txt")]
 
 
@@ -196,7 +194,7 @@ def _metric_models(args: argparse.Namespace, device):
 
 def _evaluate_model(args, components, scorer, label, templates, subject, folder: Path) -> list[dict]:
     from ..files import atomic_write
-    from ..prompts import fill
+    from ..prompts import with_identifier
     from ..sampling import PromptEmbeddingCache, sample_images
     from .generate import _to_pil
     from ..evaluation.scoring import scoring_text
@@ -205,7 +203,7 @@ def _evaluate_model(args, components, scorer, label, templates, subject, folder:
     cache, records = PromptEmbeddingCache(components), []
     for start in range(0, len(jobs), args.batch_size):
         chunk = jobs[start : start + args.batch_size]
-        images = sample_images(components, [fill(t, subject.trigger_phrase) for _, t, _ in chunk],
+        images = sample_images(components, [with_identifier(t, subject) for _, t, _ in chunk],
                                [s for _, _, s in chunk], num_steps=args.steps, guidance=args.guidance, eta=args.eta,
                                height=args.height, width=args.width, negative_prompt=args.negative_prompt,
                                embeddings=cache)

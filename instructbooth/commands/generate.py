@@ -1,10 +1,11 @@
 """`instructbooth generate`: sample images from an SD1.5 checkpoint with LoRA files.
 
     instructbooth generate --checkpoint sd15.safetensors --lora sks_plushie_rl.safetensors \
-        --prompt "{id} riding a bicycle" --num-images 4 --output-dir out/
+        --prompt "{subject} riding a bicycle" --num-images 4 --output-dir out/
 
-`{id}` in a prompt becomes the trigger phrase stored in the first LoRA that has one
-(e.g. "sks plushie"). `--lora FILE:0.8` applies a LoRA at scale 0.8. Image i of a prompt
+A prompt may use the template grammar (prompts.py) with the subject of the first LoRA that
+names one: `{subject}` is its trigger phrase ("sks plushie"), `{id}` and `{cls}` its identifier
+and class noun (an older prompt's lone `{id}` is read as `{subject}`). `--lora FILE:0.8` applies a LoRA at scale 0.8. Image i of a prompt
 uses seed `--seed + i`, so the same command makes the same images. Writes
 `<prompt index>-<seed>.png` and `images.json` (prompt, seed and file of every image).
 """
@@ -24,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--checkpoint", help="SD1.5 checkpoint (.safetensors file or diffusers folder)")
     add("--random-model", choices=RANDOM_MODELS, help=argparse.SUPPRESS)
     add("--lora", action="append", default=[], metavar="FILE[:SCALE]", help="LoRA to apply (repeatable)")
-    add("--prompt", action="append", default=[], help="a prompt (repeatable); {id} = the LoRA's trigger phrase")
+    add("--prompt", action="append", default=[], help="a prompt (repeatable); {subject} = the LoRA's trigger phrase, "
+        "{id} / {cls} its identifier / class noun")
     add("--prompts", help="a .txt file of prompts, one per line ('#' comments)")
     add("--negative-prompt", default="", help="the unconditional branch's prompt")
     add("--num-images", type=int, default=1, help="images per prompt (default 1)")
@@ -60,10 +62,25 @@ def gather_prompts(args: argparse.Namespace) -> list[str]:
     return prompts
 
 
-def fill_trigger(prompts: list[str], trigger: str) -> list[str]:
-    if any("{id}" in p for p in prompts) and not trigger:
-        raise ValueError("a prompt uses {id} but no LoRA names a trigger phrase; write the phrase into the prompt")
-    return [p.replace("{id}", trigger) for p in prompts]
+def fill_subject(prompts: list[str], meta) -> list[str]:
+    """Prompts with the grammar's placeholders filled from a LoRA's metadata (`meta` None: no
+    LoRA names a subject); prompts without placeholders come back as they are."""
+    from ..prompts import Subject, fill_template, migrate_templates, template_slots
+
+    prompts = migrate_templates(prompts)
+    if not any(template_slots(p) for p in prompts):
+        return prompts
+    if meta is None:
+        raise ValueError("a prompt uses {subject}, {id} or {cls} but no LoRA names a subject; "
+                         "write the words into the prompt")
+    if meta.identifier and meta.class_noun:
+        subject = Subject(meta.identifier, meta.class_noun)
+        return [fill_template(p, subject) for p in prompts]
+    unusable = [p for p in prompts if template_slots(p) - {"subject"}]
+    if unusable:
+        raise ValueError(f"prompt {unusable[0]!r} uses {{id}} or {{cls}}, but the LoRA records only its trigger "
+                         f"phrase {meta.trigger_phrase!r}; write {{subject}}")
+    return [p.replace("{subject}", meta.trigger_phrase) for p in prompts]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,8 +96,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_folder(args.output_dir, [args.checkpoint, args.prompts, *(path for path, _ in specs)])
     prompts = gather_prompts(args)
     loras = [(path, scale, *load_lora(path)) for path, scale in specs]
-    trigger = next((meta.trigger_phrase for _, _, _, meta in loras if meta.trigger_phrase), "")
-    prompts = fill_trigger(prompts, trigger)
+    prompts = fill_subject(prompts, next((meta for _, _, _, meta in loras if meta.trigger_phrase), None))
     device = resolve_device(args.device)
     components = load_components(args, device, args.dtype)
     require_finite_weights(components.modules(), "the checkpoint")  # NaN weights make black images

@@ -4,8 +4,8 @@
         --reward imagereward:/models/ImageReward.pt --output sks_plushie_rl.safetensors
 
 Trains a new LoRA on top of the personalized one with DDPO (or `--method rwr`) on the
-default action and interaction prompts (or `--prompts my.txt`, one `{id}` template per
-line) and writes ONE LoRA file that ComfyUI's LoraLoader applies alone. Every RLConfig
+default action and interaction prompts (or `--prompts my.txt`, one `{subject}` template
+per line) and writes ONE LoRA file that ComfyUI's LoraLoader applies alone. Every RLConfig
 field is a flag (`--sample-steps 50 --clip-range 1e-4 ...`). Metrics (JSON and a reward
 curve) go to the checkpoint folder, or `<output stem>_metrics/`. Several GPUs:
 `accelerate launch --num_processes 4 -m instructbooth.cli rl ...`.
@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     subject.add_argument("--class-noun", help="what the subject is (default: from the LoRA's metadata)")
     subject.add_argument("--description", help="detailed description (default: from the LoRA's metadata)")
     subject.add_argument("--prompts", default="actions,interactions",
-                         help="comma-separated shipped sets or .txt files of {id} templates "
+                         help="comma-separated shipped sets or .txt files of {subject} templates "
                               "(default actions,interactions)")
     subject.add_argument("--heldout", default="heldout", help="held-out set or .txt file; 'none' for no evaluation")
     subject.add_argument("--subject-images", help="folder of the subject photos (RWR's regulariser)")

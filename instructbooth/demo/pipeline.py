@@ -191,14 +191,14 @@ def personalize_subject(components: SDComponents, reference_dir: Path, config: D
 
 def rl_prompts(detailed: bool, layout: str = "after") -> RLPrompts:
     """Training templates: the subject alone on each background and next to every training
-    scene; held-out: next to every held-out scene ("two blue triangles on ... next to {id}")."""
+    scene; held-out: next to every held-out scene ("two blue triangles on ... next to {subject}")."""
     head = subject_phrase("identifier")
 
     def templates(split: str) -> tuple[str, ...]:
         specs = instruction_specs(split, "identifier", detailed=False)
         if split == "train":
             specs = [PromptSpec(background=b, subject="identifier") for b in BACKGROUNDS] + specs
-        return tuple(dict.fromkeys(layout_prompt(s, layout).replace(head, "{id}", 1) for s in specs))
+        return tuple(dict.fromkeys(layout_prompt(s, layout).replace(head, "{subject}", 1) for s in specs))
 
     return RLPrompts(templates("train"), subject_of(detailed, layout), templates("heldout"))
 

@@ -3,7 +3,7 @@ identifier, CLIP-I and DINO against the reference photos, and optionally ImageRe
 
 `SubjectScorer` embeds the reference photos once per model and returns, for a batch, one list of
 numbers per metric. `scoring_text` turns a prompt template into the text CLIP and ImageReward
-read ("a {id} in the snow" -> "a plushie in the snow": neither knows the identifier).
+read ("a {id} {cls} in the snow" -> "a plushie in the snow": neither knows the identifier).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Sequence
 
 from torch import Tensor
 
-from ..prompts import PLACEHOLDER, Subject
+from ..prompts import Subject, without_identifier
 from .clip_embedder import ClipEmbedder
 from .dino_embedder import DinoEmbedder
 from .image_processing import Images
@@ -24,12 +24,9 @@ METRIC_TITLES = {"clip_t": "CLIP-T", "clip_i": "CLIP-I", "dino": "DINO", "image_
 
 
 def scoring_text(template: str, subject: Subject) -> str:
-    """The prompt with the class noun in place of the identifier phrase; a template that starts
-    with the subject gets the article ("{id} riding a horse" -> "a plushie riding a horse")."""
-    stripped = template.strip()
-    if stripped.startswith(PLACEHOLDER):
-        return subject.plain_phrase + stripped[len(PLACEHOLDER):]
-    return stripped.replace(PLACEHOLDER, subject.class_noun)
+    """The prompt without the identifier ("{subject} riding a horse" -> "a plushie riding a horse",
+    "a {id} {cls} in the snow" -> "a plushie in the snow")."""
+    return without_identifier(template.strip(), subject)
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 - `taxonomy`: a prompt taxonomy (themes x subtopics x attributes, an editable JSON or
   YAML file) and the analogous prompt pairs it yields: two prompts of one subtopic that
-  differ in exactly one attribute ("{id} holding a red umbrella" / "... a blue umbrella").
+  differ in exactly one attribute ("{subject} holding a red umbrella" / "... a blue umbrella").
 - `pairs`: pair construction. K images per prompt from the current model, judged by any
   reward; best-vs-worst pairs with a clear margin and cross-validation pairs between
   analogous prompts; stored on disk (PNG + JSON) and resumable.

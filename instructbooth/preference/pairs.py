@@ -234,7 +234,7 @@ def build_pairs(
     """Samples, judges and stores preference pairs in `folder`; returns every pair kept.
 
     `config.prompt_pairs` analogous prompt pairs are drawn from `taxonomy` (seeded);
-    `{id}` becomes the subject's trigger phrase (or plain phrase, see PairConfig), or the
+    `{subject}` becomes the subject's trigger phrase (or plain phrase, see PairConfig), or the
     taxonomy's default subject when `subject` is None. `base_lora` (the personalized
     LoRA) is merged into the model while sampling and taken out again afterwards.
     `callback(PairProgress)` runs after each prompt; returning False (or raising

@@ -7,11 +7,12 @@ and per subtopic one template plus the values of each attribute the template nam
      "default_subject": "a plushie",
      "themes": {
        "interaction": {
-         "holding": {"template": "{id} holding a {colour} {object}",
+         "holding": {"template": "{subject} holding a {colour} {object}",
                      "attributes": {"colour": ["red", "blue"], "object": ["umbrella", "balloon"]}}}}}
 
-`{id}` stands for the subject ("sks plushie" with the identifier, "a plushie" without,
-or `default_subject` when there is no personalized subject); every other `{name}` is an
+`{subject}` stands for the subject ("sks plushie" with the identifier, "a plushie" without,
+or `default_subject` when there is no personalized subject; older files wrote `{id}`, still read
+so with a FutureWarning); every other `{name}` is an
 attribute. A prompt fills each attribute with one of its values; two prompts of one
 subtopic that differ in exactly one attribute are *analogous* (InstructEngine's
 cross-validation pairs compare their images). The shipped `taxonomy.json` beside this
@@ -30,7 +31,9 @@ from typing import Any, Mapping
 
 import torch
 
-SUBJECT_SLOT = "id"
+from ..prompts import migrate_templates
+
+SUBJECT_SLOT = "subject"  # the subject phrase, as in every prompt template (prompts.py)
 SLOT = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 DEFAULT_TAXONOMY = "taxonomy.json"  # shipped beside this module
 
@@ -45,11 +48,11 @@ class PromptSpec:
 
     theme: str
     subtopic: str
-    template: str  # with {id} and attribute slots
+    template: str  # with {subject} and attribute slots
     values: tuple[tuple[str, str], ...]  # (attribute, value) in the subtopic's attribute order
 
     def text(self, subject_phrase: str) -> str:
-        """The prompt with `{id}` -> `subject_phrase` and every attribute filled."""
+        """The prompt with `{subject}` -> `subject_phrase` and every attribute filled."""
         filled = dict(self.values)
         filled[SUBJECT_SLOT] = subject_phrase
         return SLOT.sub(lambda m: filled[m.group(1)], self.template)
@@ -108,7 +111,7 @@ class Subtopic:
 @dataclass(frozen=True)
 class Taxonomy:
     name: str
-    default_subject: str  # fills {id} when there is no personalized subject
+    default_subject: str  # fills {subject} when there is no personalized subject
     subtopics: tuple[Subtopic, ...]
 
     # --- reading and writing
@@ -203,6 +206,8 @@ def _subtopic(theme: str, name: str, body: Any, source: str) -> Subtopic:
     template, attributes = body["template"], body.get("attributes") or {}
     if not isinstance(attributes, Mapping):
         raise TaxonomyError(f"{where}: 'attributes' must map attribute names to lists of values")
+    if "id" not in attributes:
+        template = migrate_templates([template])[0]  # an older taxonomy's {id} is the subject phrase
     slots = [s for s in dict.fromkeys(SLOT.findall(template)) if s != SUBJECT_SLOT]
     missing = [s for s in slots if s not in attributes]
     unused = [a for a in attributes if a not in slots]
