@@ -29,7 +29,7 @@ from .files import write_json
 from .prompts import Subject
 from .lora import UNET_ATTENTION_TARGETS, TEXT_ATTENTION_TARGETS, LoraConfig, LoraMetadata, inject_lora
 from .lora import lora_disabled, lora_state_dict, load_lora_state, remove_lora, save_lora
-from .sampling import sample_images
+from .sampling import SamplerSettings, sample_images
 from .subject_data import Examples, ImageSource, cache_examples, caption_prompt, class_prompt, draw_batch
 from .images import tensor_to_pil
 from .subject_data import fill_prompt, fit_square, instance_prompt, load_subject_images
@@ -90,11 +90,20 @@ class PersonalizeConfig:
     seed: int = 0  # seeds LoRA init, data order, flips, noise, timesteps and class images
     checkpoint_every: int = 100  # steps between checkpoints (needs a checkpoint folder); 0 = only at the end
     keep_checkpoints: int = 2  # newest checkpoints kept on disk
-    validation_prompts: tuple[str, ...] = ()  # templates ({id}, {cls}, {desc}) sampled during training
+    validation_prompts: tuple[str, ...] = ()  # templates ({id}, {cls}, {desc}, {subject}) sampled during training
     validation_every: int = 0  # steps between validation samples; 0 = never
     validation_steps: int = 50  # sampler steps of a validation image
     validation_eta: float = 0.0  # DDIM noise of validation images (0 = deterministic)
     validation_guidance: float = 7.5  # guidance of a validation image
+
+    def class_sampler(self) -> SamplerSettings:
+        """How prior-preservation class images are drawn."""
+        return SamplerSettings(self.class_sample_steps, self.class_guidance, self.class_eta, self.resolution,
+                               self.resolution)
+
+    def validation_sampler(self) -> SamplerSettings:
+        return SamplerSettings(self.validation_steps, self.validation_guidance, self.validation_eta, self.resolution,
+                               self.resolution)
 
     def lora_config(self) -> LoraConfig:
         text = TEXT_ATTENTION_TARGETS if self.train_text_encoder else ()
@@ -221,9 +230,7 @@ def generate_class_images(components: SDComponents, prompt: str, config: Persona
     images = []
     for start in range(0, len(seeds), batch):
         part = seeds[start : start + batch]
-        images.append(sample_images(components, [prompt] * len(part), part, num_steps=config.class_sample_steps,
-                                    guidance=config.class_guidance, eta=config.class_eta, height=config.resolution,
-                                    width=config.resolution).cpu())
+        images.append(sample_images(components, [prompt] * len(part), part, config.class_sampler()).cpu())
         if progress is not None and progress(start + len(part), count):
             raise ClassImagesStopped(f"stopped after {start + len(part)} of {count} class images")
     return (torch.cat(images) * 255).round() / 255
@@ -336,10 +343,7 @@ def validate(components: SDComponents, config: PersonalizeConfig, step: int, pre
     components.unet.eval(), components.text_encoder.eval()
     try:
         with precision.autocast():
-            images = sample_images(components, prompts, seeds, num_steps=config.validation_steps,
-                                   guidance=config.validation_guidance, eta=config.validation_eta,
-                                   height=config.resolution,
-                                   width=config.resolution)
+            images = sample_images(components, prompts, seeds, config.validation_sampler())
     finally:
         for module, training in modes:
             module.train(training)

@@ -18,7 +18,7 @@ from instructbooth.demo.instructions import DemoReward, canonical_prompt, instru
 from instructbooth.demo.pipeline import load_model, rl_prompts
 from instructbooth.demo.prompts import format_prompt, parse_prompt
 from instructbooth.demo.subject import draw_prompt
-from instructbooth.sampling import sample_trajectories
+from instructbooth.sampling import SamplerSettings, sample_trajectories
 
 SECTIONS = ("## Numbers", "## What it shows", "## The subject's photos", "## Subject + instruction: the first held-out",
             "## Before / after: held-out prompts", "## Before / after: train prompts", "## RL reward curve",
@@ -169,8 +169,8 @@ def test_prompt_sets():
 
 def test_every_sampler_step_has_a_finite_log_probability():
     components = load_model("random")
-    trajectories = sample_trajectories(components, ["sks toy on a white background"], [0], num_steps=4, guidance=2.0,
-                                       height=32, width=32)
+    trajectories = sample_trajectories(components, ["sks toy on a white background"], [0],
+                                       SamplerSettings(4, 2.0, 1.0, 32, 32))
     assert torch.isfinite(trajectories.log_probs).all()
 
 

@@ -283,7 +283,7 @@ def test_generated_class_images_are_deterministic_and_used():
 
 def test_class_images_default_to_deterministic_ddim_at_50_steps_and_flips_are_off():
     from instructbooth.commands.personalize import add_arguments, config_from_args
-    from instructbooth.sampling import sample_images
+    from instructbooth.sampling import SamplerSettings, sample_images
 
     defaults = PersonalizeConfig()
     assert (defaults.class_sample_steps, defaults.class_eta, defaults.flip) == (50, 0.0, False)
@@ -292,10 +292,9 @@ def test_class_images_default_to_deterministic_ddim_at_50_steps_and_flips_are_of
     config = small_config(prior_preservation=True, num_class_images=2, class_sample_steps=3)
     generated = generate_class_images(parts, "a photo of plushie", config)
     seeds = [config.seed + 1_000_000 + i for i in range(2)]
-    plain_ddim = sample_images(parts, ["a photo of plushie"] * 2, seeds, num_steps=3, guidance=config.class_guidance,
-                               eta=0.0, height=32, width=32)
-    noisy = sample_images(parts, ["a photo of plushie"] * 2, seeds, num_steps=3, guidance=config.class_guidance,
-                          eta=1.0, height=32, width=32)
+    plain_ddim = sample_images(parts, ["a photo of plushie"] * 2, seeds, SamplerSettings(3, config.class_guidance, 0.0,
+                                                                                         32, 32))
+    noisy = sample_images(parts, ["a photo of plushie"] * 2, seeds, SamplerSettings(3, config.class_guidance, 1.0, 32, 32))
     assert torch.equal(generated, (plain_ddim * 255).round() / 255)
     assert not torch.equal(generated, (noisy * 255).round() / 255)
     assert torch.equal(generate_class_images(parts, "a photo of plushie", dataclasses.replace(config, class_eta=1.0)),
@@ -375,7 +374,7 @@ def test_bad_settings_are_errors():
     with pytest.raises(ValueError, match="validation_prompts"):
         personalize(tiny_components(), images, small_config(validation_every=2))
     with pytest.raises(SubjectDataError, match="unknown placeholders"):  # before training, not at step N
-        personalize(tiny_components(), images, small_config(validation_prompts=("{subject} on a beach",)))
+        personalize(tiny_components(), images, small_config(validation_prompts=("{who} on a beach",)))
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):

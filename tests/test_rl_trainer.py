@@ -78,7 +78,7 @@ def test_rwr_lowers_its_weighted_loss_on_fixed_samples():
     from instructbooth.rl.rwr import reward_weights
     from instructbooth.rl.updates import Regulariser, rwr_update
     from instructbooth.rl.context import RunContext
-    from instructbooth.sampling import PromptEmbeddingCache, ddim_schedule, sample_trajectories
+    from instructbooth.sampling import PromptEmbeddingCache, SamplerSettings, ddim_schedule, sample_trajectories
     from instructbooth.encoding import decode_latents
     from instructbooth.training import Precision
 
@@ -92,7 +92,7 @@ def test_rwr_lowers_its_weighted_loss_on_fixed_samples():
                      ddim_schedule(components.scheduler, 4), PromptEmbeddingCache(components))
     regulariser = Regulariser(subject, ("a photo of sks plushie",) * 3)
     prompts = [d.text for d in PROMPTS.draw(8, 0.5, torch.Generator().manual_seed(0))]
-    samples = sample_trajectories(components, prompts, list(range(8)), num_steps=4, guidance=1.0, height=16, width=16)
+    samples = sample_trajectories(components, prompts, list(range(8)), SamplerSettings(4, 1.0, 1.0, 16, 16))
     weights = reward_weights(brightness(decode_latents(components, samples.final_latents), prompts, [{}] * 8),
                              temperature=0.002)
     optimizer = torch.optim.Adam(policy.params, lr=3e-2)

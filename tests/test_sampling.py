@@ -18,6 +18,7 @@ from instructbooth.sampling import (
     ddim_step_with_logprob,
     gaussian_log_prob,
     guided_noise_prediction,
+    SamplerSettings,
     sample_images,
     sample_trajectories,
 )
@@ -143,13 +144,13 @@ def test_embedding_cache_encodes_each_prompt_once(tiny, monkeypatch):
 
 def test_trajectories_are_consistent_and_independent_of_batching(tiny):
     prompts, seeds = ["sks plushie riding a bicycle", "a plushie swimming", "a cup"], [11, 22, 33]
-    kwargs = dict(num_steps=4, guidance=3.0, eta=1.0, height=16, width=16)  # tiny VAE: 16 px -> 8x8 latents
-    traj = sample_trajectories(tiny, prompts, seeds, **kwargs)
+    settings = SamplerSettings(num_steps=4, guidance=3.0, eta=1.0, height=16, width=16)  # tiny VAE: 8x8 latents
+    traj = sample_trajectories(tiny, prompts, seeds, settings)
     assert traj.latents.shape == (3, 5, 4, 8, 8)
     assert traj.log_probs.shape == (3, 4) and torch.isfinite(traj.log_probs).all()
     assert traj.timesteps.tolist() == [751, 501, 251, 1]
 
-    alone = sample_trajectories(tiny, prompts[1:2], seeds[1:2], **kwargs)
+    alone = sample_trajectories(tiny, prompts[1:2], seeds[1:2], settings)
     torch.testing.assert_close(alone.latents[0], traj.latents[1], atol=1e-5, rtol=1e-5)
 
     # re-scoring the stored steps (as DDPO training does) gives the stored log-probs
@@ -161,7 +162,7 @@ def test_trajectories_are_consistent_and_independent_of_batching(tiny):
         _, log_prob = ddim_step_with_logprob(schedule, out, t, traj.latents[:, i], 1.0, prev_sample=traj.latents[:, i + 1])
         torch.testing.assert_close(log_prob, traj.log_probs[:, i], atol=1e-5, rtol=1e-5)
 
-    images = sample_images(tiny, prompts, seeds, **kwargs)
+    images = sample_images(tiny, prompts, seeds, settings)
     torch.testing.assert_close(images, decode_latents(tiny, traj.final_latents), atol=1e-5, rtol=1e-5)
     assert images.shape == (3, 3, 16, 16)
 

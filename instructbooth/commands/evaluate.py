@@ -19,7 +19,7 @@ import math
 import re
 from pathlib import Path
 
-from .models import RANDOM_MODELS, check_sampler_settings
+from .models import RANDOM_MODELS, check_sampler_settings, sampler_settings
 
 HELP = "Measure CLIP-T, CLIP-I, DINO (and ImageReward) of a base model and LoRAs on a prompt set."
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -204,9 +204,7 @@ def _evaluate_model(args, components, scorer, label, templates, subject, folder:
     for start in range(0, len(jobs), args.batch_size):
         chunk = jobs[start : start + args.batch_size]
         images = sample_images(components, [with_identifier(t, subject) for _, t, _ in chunk],
-                               [s for _, _, s in chunk], num_steps=args.steps, guidance=args.guidance, eta=args.eta,
-                               height=args.height, width=args.width, negative_prompt=args.negative_prompt,
-                               embeddings=cache)
+                               [s for _, _, s in chunk], sampler_settings(args), embeddings=cache)
         texts = [scoring_text(t, subject) for _, t, _ in chunk]
         scores = scorer.score(images, texts)
         for row, ((index, template, seed), image) in enumerate(zip(chunk, images)):

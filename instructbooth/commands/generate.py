@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .models import RANDOM_MODELS, check_sampler_settings, load_components
+from .models import RANDOM_MODELS, check_sampler_settings, load_components, sampler_settings
 
 HELP = "Sample images from an SD1.5 checkpoint with optional LoRA files."
 
@@ -110,9 +110,8 @@ def run(args: argparse.Namespace) -> int:
     cache, records, folder = PromptEmbeddingCache(components), [], Path(args.output_dir)
     for start in range(0, len(jobs), max(args.batch_size, 1)):
         chunk = jobs[start : start + args.batch_size]
-        images = sample_images(components, [p for _, p, _ in chunk], [s for _, _, s in chunk], num_steps=args.steps,
-                               guidance=args.guidance, eta=args.eta, height=args.height, width=args.width,
-                               negative_prompt=args.negative_prompt, embeddings=cache)
+        images = sample_images(components, [p for _, p, _ in chunk], [s for _, _, s in chunk], sampler_settings(args),
+                               embeddings=cache)
         for (index, prompt, seed), image in zip(chunk, images):
             target = folder / f"{index:03d}-{seed}.png"
             atomic_write(target, lambda p, im=image: _to_pil(im).save(p, format="PNG"))

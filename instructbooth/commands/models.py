@@ -38,6 +38,13 @@ def checkpoint_hash(path: str | None) -> str:
     return file_sha256(path)
 
 
+def sampler_settings(args: argparse.Namespace):
+    """The sampler flags (--steps --guidance --eta --height --width --negative-prompt) as settings."""
+    from ..sampling import SamplerSettings
+
+    return SamplerSettings(args.steps, args.guidance, args.eta, args.height, args.width, args.negative_prompt)
+
+
 def check_sampler_settings(args: argparse.Namespace) -> None:
     """Refuses sampler flags that cannot work (non-finite guidance or eta, counts below 1, sizes
     the VAE cannot make), before any model loads."""

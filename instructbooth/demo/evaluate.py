@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..components import SDComponents
-from ..sampling import PromptEmbeddingCache, sample_images
+from ..sampling import PromptEmbeddingCache, SamplerSettings, sample_images
 from .checker import attribute_accuracy
 from .instructions import instruction_prompts, layout_prompt, score_image
 from .prompts import PromptSpec
@@ -32,17 +32,19 @@ class SamplerConfig:
     eta: float = 1.0  # DDIM noise: 1 = ancestral (stochastic), 0 = deterministic
     batch_size: int = 64  # prompts per UNet call (the call itself is twice this with guidance)
 
+    def settings(self) -> SamplerSettings:
+        return SamplerSettings(self.steps, self.guidance, self.eta, IMAGE_SIZE, IMAGE_SIZE)
 
-def sample_prompts(components: SDComponents, prompts: list[str], seeds: list[int], steps: int, guidance: float,
-                   eta: float, batch_size: int) -> torch.Tensor:
+
+def sample_prompts(components: SDComponents, prompts: list[str], seeds: list[int], settings: SamplerSettings,
+                   batch_size: int) -> torch.Tensor:
     """Images [B, 3, 32, 32] in [0, 1], one per (prompt, seed), `batch_size` per sampler call:
     the library's sampler (`sampling.sample_images`), so an image depends on its prompt and
     seed only, not on the batch it was drawn in."""
     embeddings, parts = PromptEmbeddingCache(components), []
     for start in range(0, len(prompts), batch_size):
         stop = start + batch_size
-        parts.append(sample_images(components, prompts[start:stop], seeds[start:stop], num_steps=steps,
-                                   guidance=guidance, eta=eta, height=IMAGE_SIZE, width=IMAGE_SIZE,
+        parts.append(sample_images(components, prompts[start:stop], seeds[start:stop], settings,
                                    embeddings=embeddings).cpu())
     return torch.cat(parts)
 
@@ -53,7 +55,7 @@ def sample_world(components: SDComponents, prompts: list[str], sampler: SamplerC
                  seed: int = 0) -> torch.Tensor:
     """One image per prompt, [B, 3, 32, 32] in [0, 1], image i at seed `seed * 1_000_003 + i`."""
     seeds = [seed * 1_000_003 + i for i in range(len(prompts))]
-    return sample_prompts(components, prompts, seeds, sampler.steps, sampler.guidance, sampler.eta, sampler.batch_size)
+    return sample_prompts(components, prompts, seeds, sampler.settings(), sampler.batch_size)
 
 
 def evaluate_prompts(
@@ -138,7 +140,7 @@ def evaluate(components: SDComponents, prompts: list[str], config: EvalConfig, s
     seed for every model), scored."""
     expanded = [p for p in prompts for _ in range(config.per_prompt)]
     seeds = [seed * 1_000_003 + 1_000 * i + j for i in range(len(prompts)) for j in range(config.per_prompt)]
-    images = sample_prompts(components, expanded, seeds, config.steps, config.guidance, config.eta, config.batch_size)
+    images = sample_prompts(components, expanded, seeds, config.settings(), config.batch_size)
     return Evaluation(expanded, images, [score_image(img, p) for img, p in zip(images, expanded)])
 
 

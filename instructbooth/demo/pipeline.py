@@ -53,7 +53,7 @@ from .prompts import CLASS_NOUN, DESCRIPTION, IDENTIFIER, PromptSpec, parse_prom
 from .resume import PERSONALIZE_DIR, RL_DIR, prepare_run_folder
 from .settings import RANDOM_WEIGHTS, DemoConfig
 from .subject import reference_images
-from .world import BACKGROUNDS, IMAGE_SIZE
+from .world import BACKGROUNDS
 
 Log = Callable[[str], None]
 
@@ -157,9 +157,7 @@ def write_class_images(components: SDComponents, folder: Path, config: DemoConfi
     evaluation samples, each PNG with its caption beside it (the prior-preservation prompt)."""
     prompts = [layout_prompt(s, config.layout) for s in class_specs(config.class_images, config.seed)]
     seeds = [config.seed * 1_000_003 + 500_000 + i for i in range(len(prompts))]
-    ev = config.evaluation
-    images = sample_images(components, prompts, seeds, num_steps=ev.steps, guidance=ev.guidance, eta=ev.eta,
-                           height=IMAGE_SIZE, width=IMAGE_SIZE).cpu()
+    images = sample_images(components, prompts, seeds, config.evaluation.settings()).cpu()
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("class_*"):
         old.unlink()

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, replace
 from ..lora import UNET_ALL_TARGETS, UNET_ATTENTION_TARGETS
 from ..personalize import PersonalizeConfig
 from ..rl.config import RLConfig
+from ..sampling import SamplerSettings
 from .prompts import CLASS_NOUN, DESCRIPTION, IDENTIFIER
 from .world import IMAGE_SIZE
 
@@ -31,6 +32,9 @@ class EvalConfig:
     prompts_per_split: int | None = None  # evenly spaced subset of the scenes; None = all (72 / 36)
     batch_size: int = 64  # images per sampling call
     alone_per_prompt: int = 8  # images of the subject alone per background (24: its rate within about +-0.1)
+
+    def settings(self) -> SamplerSettings:
+        return SamplerSettings(self.steps, self.guidance, self.eta, IMAGE_SIZE, IMAGE_SIZE)
 
 
 # Every Linear and Conv2d of the UNet. Attention alone (SD1.5's usual LoRA) cannot learn the

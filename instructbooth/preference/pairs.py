@@ -38,7 +38,7 @@ from ..images import to_uint8
 from ..lora import lora_merged
 from ..prompts import Subject
 from ..rewards.base import RewardFn
-from ..sampling import PromptEmbeddingCache, sample_images
+from ..sampling import PromptEmbeddingCache, SamplerSettings, sample_images
 from ..seeds import derive_seed
 from ..training import non_finite_problem, notify, state_fingerprint
 from .store import IMAGE_FOLDER, KINDS, PairStore, PreferencePair, quantize
@@ -92,6 +92,9 @@ class PairConfig:
             problems.append(f"eta must be >= 0, got {self.eta}")
         if problems:
             raise ValueError("invalid PairConfig: " + "; ".join(problems))
+
+    def sampler(self) -> SamplerSettings:
+        return SamplerSettings(self.sample_steps, self.guidance, self.eta, self.height, self.width, self.negative_prompt)
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
@@ -359,9 +362,7 @@ def _sample(run: _Run, text: str, seeds: list[int]) -> torch.Tensor:
     config, chunks = run.config, []
     for start in range(0, len(seeds), config.sample_batch_size):
         part = seeds[start : start + config.sample_batch_size]
-        images = sample_images(run.components, [text] * len(part), part, num_steps=config.sample_steps,
-                               guidance=config.guidance, eta=config.eta, height=config.height, width=config.width,
-                               negative_prompt=config.negative_prompt, embeddings=run.embeddings)
+        images = sample_images(run.components, [text] * len(part), part, config.sampler(), embeddings=run.embeddings)
         chunks.append(quantize(images).cpu())
     return torch.cat(chunks)
 

@@ -70,10 +70,8 @@ def collect_samples(ctx: RunContext, epoch: int) -> EpochSamples:
         start = time.perf_counter()
         with ctx.precision.autocast():
             trajectories = sample_trajectories(
-                ctx.components, [d.text for d in local], local_seeds, num_steps=config.sample_steps,
-                guidance=config.guidance, eta=config.eta, height=config.height, width=config.width,
-                negative_prompt=config.negative_prompt, embeddings=ctx.embeddings, schedule=ctx.schedule,
-                prompt_ids=torch.tensor([d.template for d in local]))
+                ctx.components, [d.text for d in local], local_seeds, config.sampler(), embeddings=ctx.embeddings,
+                schedule=ctx.schedule, prompt_ids=torch.tensor([d.template for d in local]))
             images = decode_latents(ctx.components, trajectories.final_latents)
         middle = time.perf_counter()
         metadata = [reward_metadata(ctx, d, s) for d, s in zip(local, local_seeds)]
@@ -127,10 +125,8 @@ def evaluate_heldout(ctx: RunContext) -> list[float]:
     for start in range(0, len(mine), config.sample_batch_size):
         chunk = mine[start : start + config.sample_batch_size]
         with ctx.precision.autocast():
-            images = sample_images(
-                ctx.components, [d.text for d, _ in chunk], [s for _, s in chunk], num_steps=config.sample_steps,
-                guidance=config.guidance, eta=config.eta, height=config.height, width=config.width,
-                negative_prompt=config.negative_prompt, embeddings=ctx.embeddings)
+            images = sample_images(ctx.components, [d.text for d, _ in chunk], [s for _, s in chunk], config.sampler(),
+                                   embeddings=ctx.embeddings)
         metadata = [{"prompt": d.text, "group": d.group, "seed": s} for d, s in chunk]
         rewards += score(ctx, ctx.reward_fn, images, [d.reward_text for d, _ in chunk], metadata, "reward").tolist()
     return processes.gather_objects(rewards)

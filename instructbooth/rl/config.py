@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import ClassVar
 
 from ..lora import UNET_ATTENTION_TARGETS, LoraConfig
+from ..sampling.sampler import SamplerSettings
 from ..training import non_finite_problem, precision_problem
 from .rwr import WEIGHTINGS as RWR_WEIGHTINGS
 
@@ -210,6 +211,10 @@ class RLConfig:
 
     def lora_config(self) -> LoraConfig:
         return LoraConfig.of(self.lora_rank, self.lora_alpha, unet_targets=tuple(self.unet_targets))
+
+    def sampler(self) -> SamplerSettings:
+        """How RL draws its samples (and the held-out images)."""
+        return SamplerSettings(self.sample_steps, self.guidance, self.eta, self.height, self.width, self.negative_prompt)
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))

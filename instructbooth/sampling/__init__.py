@@ -26,6 +26,7 @@ from .sampler import (
     DDIMRun,
     Denoiser,
     SampleNoise,
+    SamplerSettings,
     Trajectories,
     guided_denoiser,
     guided_noise_prediction,
@@ -36,7 +37,7 @@ from .sampler import (
 )
 
 __all__ = [
-    "DDIMRun", "DDIMSchedule", "DDIMStep", "Denoiser", "PromptEmbeddingCache", "SampleNoise", "Trajectories",
+    "DDIMRun", "DDIMSchedule", "DDIMStep", "Denoiser", "PromptEmbeddingCache", "SampleNoise", "SamplerSettings", "Trajectories",
     "ddim_schedule", "ddim_step", "ddim_step_with_logprob", "gaussian_log_prob", "guided_denoiser",
     "guided_noise_prediction", "rescore_step", "run_ddim", "sample_images", "sample_trajectories",
 ]

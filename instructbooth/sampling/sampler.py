@@ -16,6 +16,18 @@ from .embeddings import PromptEmbeddingCache
 Denoiser = Callable[[torch.Tensor, "int | torch.Tensor"], torch.Tensor]  # (x_t, t: int or [B]) -> output, float32
 
 
+@dataclass(frozen=True)
+class SamplerSettings:
+    """How images are drawn: what every stage's config maps to (e.g. `RLConfig.sampler()`)."""
+
+    num_steps: int = 50  # DDIM steps
+    guidance: float = 5.0  # classifier-free guidance scale (1 = one UNet call per step, no negative prompt)
+    eta: float = 1.0  # DDIM noise: 1 = ancestral (stochastic), 0 = deterministic DDIM
+    height: int = 512  # pixels
+    width: int = 512
+    negative_prompt: str = ""  # the unconditional branch's prompt under guidance
+
+
 def guided_noise_prediction(
     unet: torch.nn.Module,
     latents: torch.Tensor,
@@ -152,13 +164,8 @@ def sample_trajectories(
     components: SDComponents,
     prompts: Sequence[str],
     seeds: Sequence[int],
+    settings: SamplerSettings = SamplerSettings(),
     *,
-    num_steps: int = 50,
-    guidance: float = 5.0,
-    eta: float = 1.0,
-    height: int = 512,
-    width: int = 512,
-    negative_prompt: str = "",
     embeddings: PromptEmbeddingCache | None = None,
     prompt_ids: torch.Tensor | None = None,
     schedule: DDIMSchedule | None = None,
@@ -166,15 +173,16 @@ def sample_trajectories(
     """Runs the DDIM sampler (no gradients) and keeps each step's latent and log-probability.
 
     One sample per (prompt, seed). `embeddings` caches text-encoder outputs across calls;
-    `schedule` (default: `ddim_schedule(components.scheduler, num_steps)`) may be passed
-    to avoid rebuilding it.
+    `schedule` (default: `ddim_schedule(components.scheduler, settings.num_steps)`) may be
+    passed to avoid rebuilding it.
     """
-    if eta <= 0:
-        raise ValueError(f"trajectories need a stochastic sampler for log-probabilities: eta must be > 0, got {eta}")
-    schedule = schedule or ddim_schedule(components.scheduler, num_steps)
-    denoiser, cond, noise = _prepare(components, prompts, seeds, guidance, (height, width), negative_prompt, embeddings)
+    if settings.eta <= 0:
+        raise ValueError("trajectories need a stochastic sampler for log-probabilities: eta must be > 0, "
+                         f"got {settings.eta}")
+    schedule = schedule or ddim_schedule(components.scheduler, settings.num_steps)
+    denoiser, cond, noise = _prepare(components, prompts, seeds, settings, embeddings)
     with torch.no_grad():
-        run = run_ddim(denoiser, noise, schedule, eta, keep=True)
+        run = run_ddim(denoiser, noise, schedule, settings.eta, keep=True)
     return Trajectories(
         latents=torch.stack(run.latents, dim=1),
         log_probs=torch.stack(run.log_probs, dim=1),
@@ -190,13 +198,8 @@ def sample_images(
     components: SDComponents,
     prompts: Sequence[str],
     seeds: Sequence[int],
+    settings: SamplerSettings = SamplerSettings(),
     *,
-    num_steps: int = 50,
-    guidance: float = 5.0,
-    eta: float = 1.0,
-    height: int = 512,
-    width: int = 512,
-    negative_prompt: str = "",
     embeddings: PromptEmbeddingCache | None = None,
 ) -> torch.Tensor:
     """Images [B, 3, H, W] in [0, 1], one per (prompt, seed); eta 0 is plain DDIM.
@@ -204,19 +207,20 @@ def sample_images(
     Draws the same noise as `sample_trajectories`, so with eta > 0 the images equal the
     decoded final latents of the trajectories for the same prompts and seeds.
     """
-    denoiser, _, noise = _prepare(components, prompts, seeds, guidance, (height, width), negative_prompt, embeddings)
+    denoiser, _, noise = _prepare(components, prompts, seeds, settings, embeddings)
     with torch.no_grad():
-        run = run_ddim(denoiser, noise, ddim_schedule(components.scheduler, num_steps), eta)
+        run = run_ddim(denoiser, noise, ddim_schedule(components.scheduler, settings.num_steps), settings.eta)
         return decode_latents(components, run.final)
 
 
-def _prepare(components: SDComponents, prompts: Sequence[str], seeds: Sequence[int], guidance: float,
-             size: tuple[int, int], negative_prompt: str, embeddings: PromptEmbeddingCache | None):
+def _prepare(components: SDComponents, prompts: Sequence[str], seeds: Sequence[int], settings: SamplerSettings,
+             embeddings: PromptEmbeddingCache | None):
     """(the guided denoiser, the prompts' embeddings [B, L, D], each sample's seeded noise)."""
     if len(prompts) != len(seeds):
         raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt")
     embeddings, device = embeddings or PromptEmbeddingCache(components), components.device
     cond = embeddings(list(prompts)).to(device)  # [B, L, D]
-    uncond = embeddings([negative_prompt]).to(device) if guidance != 1.0 else None  # [1, L, D]
-    noise = SampleNoise(seeds, latent_shape(components, *size), device)
-    return guided_denoiser(components.unet, cond, uncond, guidance), cond, noise
+    guided = settings.guidance != 1.0
+    uncond = embeddings([settings.negative_prompt]).to(device) if guided else None  # [1, L, D]
+    noise = SampleNoise(seeds, latent_shape(components, settings.height, settings.width), device)
+    return guided_denoiser(components.unet, cond, uncond, settings.guidance), cond, noise
