@@ -83,11 +83,16 @@ class RWR:
         return rwr_update(ctx, samples.trajectories, rows, signal, draw, scale, slots, self.regulariser)
 
 
+def uses_regulariser(config: RLConfig) -> bool:
+    """Whether the algorithm has a beta term on regulariser images (RWR and lee with rwr_beta > 0)."""
+    return config.method != "ddpo" and config.rwr_beta > 0
+
+
 def make_algorithm(config: RLConfig, regulariser: Regulariser | None = None) -> Algorithm:
     """The algorithm of `config.method`; RWR's regulariser data is needed when rwr_beta > 0."""
     if config.method == "ddpo":
         return DDPO(config)
-    if config.rwr_beta > 0 and regulariser is None:
+    if uses_regulariser(config) and regulariser is None:
         raise ValueError(f"method {config.method!r} with rwr_beta > 0 needs subject_images (the personalization "
                          "photos) or regulariser_images (class images, a captioned folder) for its beta term; pass "
                          "them or set rwr_beta=0")

@@ -47,7 +47,7 @@ from ..training import (
     training_mode,
 )
 from .advantages import PerPromptStatTracker
-from .algorithms import Algorithm, make_algorithm
+from .algorithms import Algorithm, make_algorithm, uses_regulariser
 from .collect import EpochSamples, collect_samples, evaluate_heldout
 from .config import RLConfig
 from ..seeds import generator_for
@@ -146,14 +146,14 @@ def _refuse_before_work(components: SDComponents, config: RLConfig, base_lora, n
     if base_lora is not None and non_finite_keys(base_lora):
         raise ValueError("the personalized LoRA holds NaN or inf weights: it was saved from a diverged run; "
                          "personalize again with a lower learning rate")
-    if config.method != "ddpo" and config.rwr_beta > 0 and no_regulariser_images:
+    if uses_regulariser(config) and no_regulariser_images:
         make_algorithm(config)  # refuses, naming the images the beta term needs
 
 
 def _regulariser(ctx: RunContext, subject_images, subject_prompt, regulariser_images) -> Regulariser | None:
     """RWR's beta-term data: `regulariser_images` with their captions (else the class prompt), or
-    the subject photos with `subject_prompt`; None without either (or for DDPO)."""
-    if ctx.config.method == "ddpo" or (subject_images is None and regulariser_images is None):
+    the subject photos with `subject_prompt`; None without either, or without a beta term."""
+    if not uses_regulariser(ctx.config) or (subject_images is None and regulariser_images is None):
         return None
     if regulariser_images is not None:
         class_prompt = f"a photo of {ctx.prompts.subject.plain_phrase}"
