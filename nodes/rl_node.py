@@ -173,10 +173,14 @@ class RLFineTune(io.ComfyNode):
                         subject=[subject.identifier, subject.class_noun, subject.description],
                         **_image_keys(subject_images, regulariser_images, subject_measure if measure else None))
         model, clip, tuned, _ = publish_lora(run, model, clip, lora_name, weights)
-        history = run.read_json("metrics.json", {}).get("epochs", [])
-        rewards = [entry["reward"]["all"]["mean"] for entry in history]
-        curve = bridge.pil_to_image(draw_reward_curve(history))
-        return io.NodeOutput(model, clip, tuned, {"loss": rewards, "reward": rewards}, curve)
+        return io.NodeOutput(model, clip, tuned, *_reward_outputs(run))
+
+
+def _reward_outputs(run: RunFolder) -> tuple[dict, object]:
+    """(LOSS_MAP of the mean reward per epoch, the reward-curve IMAGE) from the run's metrics.json."""
+    history = run.read_json("metrics.json", {}).get("epochs", [])
+    rewards = [entry["reward"]["all"]["mean"] for entry in history]
+    return {"loss": rewards, "reward": rewards}, bridge.pil_to_image(draw_reward_curve(history))
 
 
 def prompt_templates(text: str) -> list[str]:
