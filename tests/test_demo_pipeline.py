@@ -15,7 +15,7 @@ from instructbooth.cli import main
 from instructbooth.demo import report
 from instructbooth.demo.evaluate import Evaluation
 from instructbooth.demo.instructions import DemoReward, canonical_prompt, instruction_specs, layout_prompt, score_image
-from instructbooth.demo.pipeline import load_model, rl_prompts
+from instructbooth.demo.pipeline import class_specs, load_model, rl_prompts
 from instructbooth.demo.prompts import format_prompt, parse_prompt
 from instructbooth.demo.subject import draw_prompt
 from instructbooth.sampling import SamplerSettings, sample_trajectories
@@ -44,6 +44,16 @@ def test_quick_demo_writes_every_file(quick_run):
         assert (out / name).is_file(), name
     caption = (out / "reference/subject_0.txt").read_text().strip()
     assert caption.startswith("on a ") and caption.endswith(" background next to sks toy with pink and cyan stripes")
+
+
+def test_class_images_show_the_training_scenes_or_the_class_noun():
+    scenes = class_specs(72, seed=0, kind="scenes")
+    assert len(set(scenes)) == 72 and all(s.subject is None and not s.held_out and s.count for s in scenes)
+    toy = class_specs(10, seed=3)
+    assert len(toy) == 10 and all(s.subject == "class" for s in toy)
+    assert class_specs(5, seed=1) == class_specs(5, seed=1) != class_specs(5, seed=2)
+    with pytest.raises(ValueError, match="unknown class image kind 'dogs'"):
+        class_specs(4, seed=0, kind="dogs")
 
 
 def test_quick_demo_prints_progress(quick_run):

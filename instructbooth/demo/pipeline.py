@@ -51,7 +51,7 @@ from .model import DemoModelConfig, build_demo_components, load_demo_components
 from .pretrain import load_plain_checkpoint
 from .prompts import CLASS_NOUN, DESCRIPTION, IDENTIFIER, PromptSpec, parse_prompt, subject_phrase
 from .resume import PERSONALIZE_DIR, RL_DIR, prepare_run_folder
-from .settings import RANDOM_WEIGHTS, DemoConfig
+from .settings import CLASS_KINDS, RANDOM_WEIGHTS, DemoConfig
 from .subject import reference_images
 from .world import BACKGROUNDS
 
@@ -144,18 +144,23 @@ def write_reference(folder: Path, count: int, seed: int, detailed: bool, layout:
 # --- the two training stages -----------------------------------------------------------------
 
 
-def class_specs(count: int, seed: int) -> list[PromptSpec]:
-    """`count` class prompts ("a toy" next to a training scene, or alone), drawn with `seed`."""
-    pool = [PromptSpec(background=b, subject="class") for b in BACKGROUNDS]
-    pool += instruction_specs("train", "class", detailed=False)
+def class_specs(count: int, seed: int, kind: str = "toy") -> list[PromptSpec]:
+    """`count` prior-preservation prompts drawn with `seed`: DreamBooth's class form ("toy": "a toy"
+    next to a training scene, or alone) or the training scenes ("scenes": "two red circles on a
+    black background")."""
+    if kind not in CLASS_KINDS:
+        raise ValueError(f"unknown class image kind {kind!r}; expected one of {CLASS_KINDS}")
+    pool = [] if kind == "scenes" else [PromptSpec(background=b, subject="class") for b in BACKGROUNDS]
+    pool += instruction_specs("train", None if kind == "scenes" else "class", detailed=False)
     picks = np.random.default_rng(seed + 7).permutation(len(pool))[:count]
     return [pool[i] for i in sorted(picks)]
 
 
 def write_class_images(components: SDComponents, folder: Path, config: DemoConfig) -> None:
-    """DreamBooth's class images: the model as it is (no LoRA) on class prompts, sampled as the
-    evaluation samples, each PNG with its caption beside it (the prior-preservation prompt)."""
-    prompts = [layout_prompt(s, config.layout) for s in class_specs(config.class_images, config.seed)]
+    """The prior-preservation images: the model as it is (no LoRA) on `config.class_kind` prompts,
+    sampled as the evaluation samples, each PNG with its caption beside it (its prompt in the loss)."""
+    specs = class_specs(config.class_images, config.seed, config.class_kind)
+    prompts = [layout_prompt(s, config.layout) for s in specs]
     seeds = [config.seed * 1_000_003 + 500_000 + i for i in range(len(prompts))]
     images = sample_images(components, prompts, seeds, config.evaluation.settings()).cpu()
     folder.mkdir(parents=True, exist_ok=True)

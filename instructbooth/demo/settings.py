@@ -16,6 +16,7 @@ from .prompts import CLASS_NOUN, DESCRIPTION, IDENTIFIER
 from .world import IMAGE_SIZE
 
 MODELS = ("base", "dreambooth", "instructbooth")
+CLASS_KINDS = ("toy", "scenes")  # DemoConfig.class_kind
 SPLITS = ("train", "heldout")
 RANDOM_WEIGHTS = "random"  # DemoConfig.weights value for an untrained model (plumbing and tests)
 
@@ -97,8 +98,11 @@ class DemoConfig:
     subject_weight: float | None = None  # None: the method's reward (class-noun prompt, no subject term);
     #                                      a weight: the labelled variant `subject_weighted` (see there)
     evaluation: EvalConfig = EvalConfig()
-    class_images: int = 0  # > 0: DreamBooth's prior preservation on this many images the model draws of
-    #                        "<training scene> next to a toy" before personalization (write_class_images)
+    class_images: int = 0  # > 0: prior preservation on this many images the model draws before personalization
+    #                        (write_class_images)
+    class_kind: str = "toy"  # what they show: "toy", DreamBooth's class prompt ("<training scene> next to a toy"),
+    #                          or "scenes", the training scenes alone ("two red circles on a black background"; a
+    #                          regulariser that is not DreamBooth's, tried in the README's table)
     showcase: int = 4  # prompts per split shown in the report's grids
     weights: str | None = None  # None: the shipped model; a folder with demo_model.*; a pretraining
     #                             checkpoint (last.pt, its EMA weights); "random": untrained
@@ -118,7 +122,7 @@ class DemoConfig:
         return {"seed": self.seed, "reference_images": self.reference_images, "detailed": self.detailed,
                 "layout": self.layout, "subject_weight": self.subject_weight,
                 "personalize": self.personalize_settings().to_dict(), "rl": self.rl_settings().to_dict(),
-                "evaluation": asdict(self.evaluation), "class_images": self.class_images, "showcase": self.showcase, "weights": self.weights}
+                "evaluation": asdict(self.evaluation), "class_images": self.class_images, "class_kind": self.class_kind, "showcase": self.showcase, "weights": self.weights}
 
 
 def quick_config(seed: int = 0, weights: str | None = None) -> DemoConfig:
