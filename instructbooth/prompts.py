@@ -210,8 +210,9 @@ class RLPrompts:
     def __post_init__(self):
         if not self.templates:
             raise ValueError("RLPrompts needs at least one training template")
-        object.__setattr__(self, "templates", tuple(migrate_templates(self.templates)))
-        object.__setattr__(self, "heldout", tuple(migrate_templates(self.heldout)))
+        migrated = migrate_templates((*self.templates, *self.heldout))  # one warning for both
+        object.__setattr__(self, "templates", tuple(migrated[: len(self.templates)]))
+        object.__setattr__(self, "heldout", tuple(migrated[len(self.templates):]))
         for template in (*self.templates, *self.heldout):
             check_subject_template(template)
         overlap = set(self.templates) & set(self.heldout)
