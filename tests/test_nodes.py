@@ -240,6 +240,18 @@ def test_rl_validation_passes_good_input(nodes):
     assert nodes["InstructBoothRLFineTune"].validate_inputs("{subject} riding a bicycle", "sks", "ib/rl") is True
 
 
+def test_rl_prompts_of_an_older_workflow_still_validate_and_train_on_the_subject_phrase(pack, nodes):
+    """Saved workflows wrote {id} for the subject phrase: they still pass, read as {subject}."""
+    rl = pack_module("nodes.rl_node")
+    with pytest.warns(FutureWarning, match=r"read as \{subject\}"):
+        assert rl.prompt_templates("{id} riding a bicycle\n{subject} reading") == ["{subject} riding a bicycle",
+                                                                                  "{subject} reading"]
+    with pytest.warns(FutureWarning):
+        assert nodes["InstructBoothRLFineTune"].validate_inputs("{id} riding a bicycle", "sks", "ib/rl") is True
+    result = nodes["InstructBoothRLFineTune"].validate_inputs("{subject} at {place}", "sks", "ib/rl")
+    assert isinstance(result, str) and "unknown placeholders {place}" in result
+
+
 def _rl_widget_defaults(node) -> dict:
     """The RL node's setting widgets at their defaults (what a freshly added node holds)."""
     skip = {"model", "clip", "vae", "image_reward", "prompts", "identifier", "lora_name", "lora", "subject_images",
