@@ -9,7 +9,9 @@ Layout (what `write_feedback` makes and `read_feedback` reads):
 The folder an image lies in is its label; the `.txt` of the same stem holds its prompt (UTF-8,
 one prompt, surrounding whitespace ignored). Any tool can add to it: drop a picture and its
 prompt into `good/` or `bad/`. Images are `.png`, `.jpg`, `.jpeg` or `.webp`; names are
-numbered across both folders, so moving a file from `bad/` to `good/` relabels it.
+numbered across both folders, so moving a file from `bad/` to `good/` relabels it. Saving an
+image that is already there (the same pixels and prompt, e.g. a re-queued batch whose labels
+changed) does not add a copy: it stays, or moves to its new label's folder.
 
 Labels typed by a person (`parse_labels`): one character per image, `g`/`1`/`y`/`+` good,
 `b`/`0`/`n` bad, `s`/`x`/`_`/`?` skip (not saved); spaces, commas and case are ignored:
@@ -18,6 +20,7 @@ Labels typed by a person (`parse_labels`): one character per image, `g`/`1`/`y`/
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -45,6 +48,7 @@ class FeedbackItem:
     image: Path  # the picture
     prompt: str  # the prompt it was made from
     good: bool  # True: in good/, False: in bad/
+    status: str = "new"  # write_feedback: "new", "relabelled" (moved to the other folder) or "kept" (already there)
 
 
 def parse_labels(text: str, count: int) -> list[bool | None]:
@@ -65,7 +69,9 @@ def write_feedback(folder: str | os.PathLike, images: torch.Tensor | Sequence[Im
     """Saves each labelled image (and its prompt beside it) into good/ or bad/; None skips one.
 
     images: PIL images, or a tensor in [0, 1] as [B, 3, H, W] or ComfyUI's [B, H, W, 3];
-    prompts: one for all images or one per image. Returns the items written, in batch order."""
+    prompts: one for all images or one per image. Returns one item per labelled image, in batch
+    order; an image already saved with this prompt is not copied again (status "kept", or
+    "relabelled" when it moved to the other folder)."""
     pictures = _as_pictures(images)
     texts = [prompts] * len(pictures) if isinstance(prompts, str) else list(prompts)
     if len(texts) != len(pictures) or len(labels) != len(pictures):
@@ -77,12 +83,45 @@ def write_feedback(folder: str | os.PathLike, images: torch.Tensor | Sequence[Im
     for picture, prompt, label in zip(pictures, texts, labels):
         if label is None:
             continue
-        target = root / (GOOD if label else BAD) / f"{number:05d}.png"
+        prompt, folder_name = prompt.strip(), GOOD if label else BAD
+        saved = _saved_copy(root, picture, prompt)
+        if saved is not None and saved.parent.name == folder_name:
+            written.append(FeedbackItem(saved, prompt, bool(label), "kept"))
+            continue
+        if saved is not None:  # the same image under the other label: move it, keep its number
+            target = root / folder_name / saved.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(saved.with_suffix(".txt"), target.with_suffix(".txt"))
+            os.replace(saved, target)
+            written.append(FeedbackItem(target, prompt, bool(label), "relabelled"))
+            continue
+        target = root / folder_name / f"{number:05d}.png"
         atomic_write(target, lambda path, p=picture: p.save(path, format="PNG"))
-        write_text(target.with_suffix(".txt"), prompt.strip() + "\n")
-        written.append(FeedbackItem(target, prompt.strip(), bool(label)))
+        write_text(target.with_suffix(".txt"), prompt + "\n")
+        written.append(FeedbackItem(target, prompt, bool(label)))
         number += 1
     return written
+
+
+def _saved_copy(root: Path, picture: Image.Image, prompt: str) -> Path | None:
+    """An image already in good/ or bad/ with these pixels and this prompt (only images whose
+    prompt file matches are opened)."""
+    digest = _pixels_digest(picture)
+    for name in (GOOD, BAD):
+        folder = root / name
+        for text in sorted(folder.glob("*.txt")) if folder.is_dir() else []:
+            image = text.with_suffix(".png")
+            if not image.is_file() or text.read_text(encoding="utf-8").strip() != prompt:
+                continue
+            with Image.open(image) as existing:
+                if _pixels_digest(existing) == digest:
+                    return image
+    return None
+
+
+def _pixels_digest(picture: Image.Image) -> str:
+    rgb = picture.convert("RGB")
+    return hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()
 
 
 def read_feedback(folder: str | os.PathLike) -> list[FeedbackItem]:

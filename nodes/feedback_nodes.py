@@ -83,10 +83,17 @@ class SaveFeedback(io.ComfyNode):
                 written = write_feedback(target, images, prompt, marks)
             except FeedbackError as error:
                 raise bridge.NodeInputError(str(error)) from None
-            good = sum(item.good for item in written)
-            text = (f"saved {len(written)} of {count} images to {target} ({good} good, {len(written) - good} bad, "
-                    f"{count - len(written)} skipped)")
+            text = _saved_summary(written, count, target)
         return io.NodeOutput(text, ui=ui.PreviewImage(images, cls=cls))
+
+
+def _saved_summary(written, count: int, target) -> str:
+    """"saved 3 of 4 images to ... (2 good, 1 bad, 1 skipped; 1 was already there, 1 moved to its new label)"."""
+    good = sum(item.good for item in written)
+    kept, moved = (sum(item.status == s for item in written) for s in ("kept", "relabelled"))
+    repeats = f"; {kept} already there" * bool(kept) + f"; {moved} moved to its new label" * bool(moved)
+    return (f"saved {len(written)} of {count} images to {target} ({good} good, {len(written) - good} bad, "
+            f"{count - len(written)} skipped{repeats})")
 
 
 class LoadFeedback(io.ComfyNode):

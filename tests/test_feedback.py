@@ -52,6 +52,23 @@ def test_labels_and_prompts_round_trip_through_the_folder(tmp_path):
     assert {i.image.name: i.good for i in read_feedback(tmp_path)}["00004.png"] is True
 
 
+def test_saving_the_same_images_again_adds_no_copies_and_moves_relabelled_ones(tmp_path):
+    images, prompts = _batch(), ["a red car", "a blue car", "a cat", "two dogs"]
+    write_feedback(tmp_path, images, prompts, [True, False, None, True])
+    again = write_feedback(tmp_path, images, prompts, [True, True, False, True])  # labels changed, re-queued
+    assert [(w.image.relative_to(tmp_path).as_posix(), w.status) for w in again] == [
+        ("good/00001.png", "kept"), ("good/00002.png", "relabelled"), ("bad/00004.png", "new"),
+        ("good/00003.png", "kept")]
+    items = read_feedback(tmp_path)
+    assert sorted((i.image.name, i.prompt, i.good) for i in items) == [
+        ("00001.png", "a red car", True), ("00002.png", "a blue car", True), ("00003.png", "two dogs", True),
+        ("00004.png", "a cat", False)]
+    assert not (tmp_path / "bad" / "00002.png").exists() and not (tmp_path / "bad" / "00002.txt").exists()
+    # the same pixels under another prompt are another example
+    other = write_feedback(tmp_path, images[:1], "a red truck", [True])
+    assert other[0].status == "new" and other[0].image.name == "00005.png"
+
+
 def test_read_feedback_refuses_what_it_cannot_use(tmp_path):
     with pytest.raises(FeedbackError, match="does not exist"):
         read_feedback(tmp_path / "missing")
@@ -98,6 +115,9 @@ def test_save_node_shows_first_then_saves_the_labelled_images(nodes):
     items, text = load.execute("fb")[:2]
     assert text == "3 labelled images: 2 good, 1 bad"
     assert all(i.prompt == "a red car" for i in items)
+    requeued = save.execute(images, "a red car", "g g s g", "fb")[0]  # the same batch, one label changed
+    assert "2 already there; 1 moved to its new label" in requeued
+    assert load.execute("fb")[1] == "3 labelled images: 3 good, 0 bad"
     assert items[0].image.parent.parent.resolve() == (Path(folder_paths.get_output_directory()) / "fb").resolve()
 
 
