@@ -79,39 +79,40 @@ def write_feedback(folder: str | os.PathLike, images: torch.Tensor | Sequence[Im
                             "give one prompt (or one per image) and one label per image")
     root = Path(folder)
     number = next_number(root)
-    written = []
+    written, claimed = [], set()  # claimed: files this call kept, moved or wrote (each matches one image)
     for picture, prompt, label in zip(pictures, texts, labels):
         if label is None:
             continue
         prompt, folder_name = prompt.strip(), GOOD if label else BAD
-        saved = _saved_copy(root, picture, prompt)
+        saved = _saved_copy(root, picture, prompt, folder_name, claimed)
         if saved is not None and saved.parent.name == folder_name:
-            written.append(FeedbackItem(saved, prompt, bool(label), "kept"))
-            continue
-        if saved is not None:  # the same image under the other label: move it, keep its number
+            item = FeedbackItem(saved, prompt, bool(label), "kept")
+        elif saved is not None:  # the same image under the other label: move it, keep its number
             target = root / folder_name / saved.name
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(saved.with_suffix(".txt"), target.with_suffix(".txt"))
             os.replace(saved, target)
-            written.append(FeedbackItem(target, prompt, bool(label), "relabelled"))
-            continue
-        target = root / folder_name / f"{number:05d}.png"
-        atomic_write(target, lambda path, p=picture: p.save(path, format="PNG"))
-        write_text(target.with_suffix(".txt"), prompt + "\n")
-        written.append(FeedbackItem(target, prompt, bool(label)))
-        number += 1
+            item = FeedbackItem(target, prompt, bool(label), "relabelled")
+        else:
+            target = root / folder_name / f"{number:05d}.png"
+            atomic_write(target, lambda path, p=picture: p.save(path, format="PNG"))
+            write_text(target.with_suffix(".txt"), prompt + "\n")
+            item, number = FeedbackItem(target, prompt, bool(label)), number + 1
+        claimed.add(item.image)
+        written.append(item)
     return written
 
 
-def _saved_copy(root: Path, picture: Image.Image, prompt: str) -> Path | None:
-    """An image already in good/ or bad/ with these pixels and this prompt (only images whose
-    prompt file matches are opened)."""
+def _saved_copy(root: Path, picture: Image.Image, prompt: str, prefer: str, claimed: set[Path]) -> Path | None:
+    """An image in good/ or bad/ (the `prefer` folder first) with these pixels and this prompt,
+    not yet `claimed` by another image of the batch; only images whose prompt file matches are
+    opened."""
     digest = _pixels_digest(picture)
-    for name in (GOOD, BAD):
+    for name in sorted((GOOD, BAD), key=lambda n: n != prefer):
         folder = root / name
         for text in sorted(folder.glob("*.txt")) if folder.is_dir() else []:
             image = text.with_suffix(".png")
-            if not image.is_file() or text.read_text(encoding="utf-8").strip() != prompt:
+            if image in claimed or not image.is_file() or text.read_text(encoding="utf-8").strip() != prompt:
                 continue
             with Image.open(image) as existing:
                 if _pixels_digest(existing) == digest:

@@ -64,6 +64,14 @@ def test_saving_the_same_images_again_adds_no_copies_and_moves_relabelled_ones(t
         ("00001.png", "a red car", True), ("00002.png", "a blue car", True), ("00003.png", "two dogs", True),
         ("00004.png", "a cat", False)]
     assert not (tmp_path / "bad" / "00002.png").exists() and not (tmp_path / "bad" / "00002.txt").exists()
+    # identical images in one batch are one example each; a re-queue matches each to its own file
+    same = images[:1].expand(2, -1, -1, -1)
+    first = write_feedback(tmp_path / "twins", same, "a red car", [True, False])
+    assert [w.image.relative_to(tmp_path / "twins").as_posix() for w in first] == ["good/00001.png", "bad/00002.png"]
+    assert [w.status for w in write_feedback(tmp_path / "twins", same, "a red car", [True, False])] == ["kept", "kept"]
+    both_bad = write_feedback(tmp_path / "twins", same, "a red car", [False, False])
+    assert [(w.image.name, w.good, w.status) for w in both_bad] == [("00002.png", False, "kept"),
+                                                                   ("00001.png", False, "relabelled")]
     # the same pixels under another prompt are another example
     other = write_feedback(tmp_path, images[:1], "a red truck", [True])
     assert other[0].status == "new" and other[0].image.name == "00005.png"
