@@ -82,20 +82,33 @@ def template_slots(template: str) -> set[str]:
 
 
 def fill_template(template: str, subject: Subject, with_identifier: bool = True) -> str:
-    """Fills every placeholder of the grammar; an unknown one is an error (it would reach the
-    model as literal text)."""
+    """Fills every placeholder of the grammar from `subject`; an unknown one is an error (it
+    would reach the model as literal text)."""
+    return fill_parts(template, subject.identifier, subject.class_noun, subject.description, with_identifier)
+
+
+def fill_parts(template: str, identifier: str, class_noun: str, description: str = "",
+               with_identifier: bool = True) -> str:
+    """`fill_template` from the subject's parts, which may be empty (personalization allows an
+    identifier without a class noun: "a photo of {id} {cls}" -> "a photo of sks ")."""
+    check_known_slots(template)
+    noun = class_noun.strip()
+    phrase = f"{identifier} {noun}" if with_identifier else f"{indefinite_article(noun)} {noun}"
+    if not with_identifier:
+        template = _LEFT_OUT_ID.sub("", template)
+    desc = f" {description.strip()}" if description.strip() else ""
+    values = {"subject": phrase.strip(), "id": identifier, "cls": class_noun, "desc": desc}
+    return _SLOT.sub(lambda match: values[match.group(1)], template)
+
+
+def check_known_slots(template: str) -> None:
+    """Refuses placeholders outside the grammar, naming the four it has."""
     unknown = sorted(template_slots(template) - set(SLOTS))
     if unknown:
         raise TemplateError(f"prompt template {template!r} has unknown placeholders "
                             f"{', '.join('{' + u + '}' for u in unknown)}; the placeholders are "
                             "{subject} (the subject phrase), {id} (the identifier), {cls} (the class noun) "
                             "and {desc} (the description)")
-    phrase = subject.trigger_phrase if with_identifier else subject.plain_phrase
-    description = f" {subject.description.strip()}" if subject.description.strip() else ""
-    if not with_identifier:
-        template = _LEFT_OUT_ID.sub("", template)
-    values = {"subject": phrase, "id": subject.identifier, "cls": subject.class_noun, "desc": description}
-    return _SLOT.sub(lambda match: values[match.group(1)], template)
 
 
 def migrate_template(template: str) -> str:
@@ -125,7 +138,7 @@ def check_subject_template(template: str) -> None:
     if not template_slots(template) & {"subject", "id"}:
         raise TemplateError(f"prompt template {template!r} has no {PLACEHOLDER} placeholder; write where the "
                             "subject goes, e.g. '{subject} riding a bicycle'")
-    fill_template(template, Subject("x", "y"))  # unknown placeholders
+    check_known_slots(template)
 
 
 def fill(template: str, subject: Subject, with_identifier: bool = True) -> str:

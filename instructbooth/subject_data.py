@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from .components import SDComponents
-from .prompts import Subject, fill_template, template_slots
 from .encoding import encode_images, encode_prompts
 from .images import to_8bit
+from .prompts import fill_parts, template_slots
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -183,7 +183,7 @@ def fill_prompt(template: str, identifier: str, class_noun: str, description: st
     """Fills the grammar's placeholders (prompts.py: `{id}`, `{cls}`, `{desc}`, `{subject}` =
     "{id} {cls}"); unknown placeholders raise SubjectDataError."""
     try:
-        return fill_template(template, Subject(identifier or "?", class_noun or "?", description))
+        return fill_parts(template, identifier, class_noun, description)
     except ValueError as error:
         raise SubjectDataError(str(error)) from None
 

@@ -134,6 +134,7 @@ def test_prompt_templates():
     with pytest.raises(SubjectDataError, match=r"unknown placeholders \{who\}"):
         fill_prompt("a {who}", "sks", "plushie")
     assert fill_prompt("a {subject}", "sks", "plushie") == "a sks plushie"  # the one grammar (prompts.py)
+    assert fill_prompt("a photo of {id}{cls}", "sks", "") == "a photo of sks"  # an identifier without a class noun
     with pytest.raises(SubjectDataError, match="contains the identifier"):
         class_prompt("a photo of {id} {cls}", "sks", "plushie")
     with pytest.raises(SubjectDataError, match="one non-empty word"):

@@ -5,8 +5,9 @@
 
 A prompt may use the template grammar (prompts.py) with the subject of the first LoRA that
 names one: `{subject}` is its trigger phrase ("sks plushie"), `{id}` and `{cls}` its identifier
-and class noun (an older prompt's lone `{id}` is read as `{subject}`). `--lora FILE:0.8` applies a LoRA at scale 0.8. Image i of a prompt
-uses seed `--seed + i`, so the same command makes the same images. Writes
+and class noun (an older prompt's lone `{id}` is read as `{subject}`). `--lora FILE:0.8`
+applies a LoRA at scale 0.8. Image i of a prompt uses seed `--seed + i`, so the same command
+makes the same images. Writes
 `<prompt index>-<seed>.png` and `images.json` (prompt, seed and file of every image).
 """
 
