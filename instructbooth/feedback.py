@@ -79,19 +79,23 @@ def write_feedback(folder: str | os.PathLike, images: torch.Tensor | Sequence[Im
                             "give one prompt (or one per image) and one label per image")
     root = Path(folder)
     number = next_number(root)
+    saved = _saved_digests(root, {t.strip() for t in texts})  # every saved image of these prompts, read once
     written, claimed = [], set()  # claimed: files this call kept, moved or wrote (each matches one image)
     for picture, prompt, label in zip(pictures, texts, labels):
         if label is None:
             continue
         prompt, folder_name = prompt.strip(), GOOD if label else BAD
-        saved = _saved_copy(root, picture, prompt, folder_name, claimed)
-        if saved is not None and saved.parent.name == folder_name:
-            item = FeedbackItem(saved, prompt, bool(label), "kept")
-        elif saved is not None:  # the same image under the other label: move it, keep its number
-            target = root / folder_name / saved.name
+        key = (prompt, _pixels_digest(picture))
+        copies = sorted((path for path, k in saved.items() if k == key and path not in claimed),
+                        key=lambda path: (path.parent.name != folder_name, path.name))  # its label's folder first
+        if copies and copies[0].parent.name == folder_name:
+            item = FeedbackItem(copies[0], prompt, bool(label), "kept")
+        elif copies:  # the same image under the other label: move it, keep its number
+            target = root / folder_name / copies[0].name
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(saved.with_suffix(".txt"), target.with_suffix(".txt"))
-            os.replace(saved, target)
+            os.replace(copies[0].with_suffix(".txt"), target.with_suffix(".txt"))
+            os.replace(copies[0], target)
+            saved[target] = saved.pop(copies[0])
             item = FeedbackItem(target, prompt, bool(label), "relabelled")
         else:
             target = root / folder_name / f"{number:05d}.png"
@@ -103,21 +107,18 @@ def write_feedback(folder: str | os.PathLike, images: torch.Tensor | Sequence[Im
     return written
 
 
-def _saved_copy(root: Path, picture: Image.Image, prompt: str, prefer: str, claimed: set[Path]) -> Path | None:
-    """An image in good/ or bad/ (the `prefer` folder first) with these pixels and this prompt,
-    not yet `claimed` by another image of the batch; only images whose prompt file matches are
-    opened."""
-    digest = _pixels_digest(picture)
-    for name in sorted((GOOD, BAD), key=lambda n: n != prefer):
+def _saved_digests(root: Path, prompts: set[str]) -> dict[Path, tuple[str, str]]:
+    """(prompt, pixel digest) of each PNG in good/ and bad/ whose prompt is one of `prompts`
+    (only those images are opened)."""
+    index = {}
+    for name in (GOOD, BAD):
         folder = root / name
         for text in sorted(folder.glob("*.txt")) if folder.is_dir() else []:
-            image = text.with_suffix(".png")
-            if image in claimed or not image.is_file() or text.read_text(encoding="utf-8").strip() != prompt:
-                continue
-            with Image.open(image) as existing:
-                if _pixels_digest(existing) == digest:
-                    return image
-    return None
+            image, prompt = text.with_suffix(".png"), text.read_text(encoding="utf-8").strip()
+            if prompt in prompts and image.is_file():
+                with Image.open(image) as existing:
+                    index[image] = (prompt, _pixels_digest(existing))
+    return index
 
 
 def _pixels_digest(picture: Image.Image) -> str:

@@ -88,7 +88,7 @@ class SaveFeedback(io.ComfyNode):
 
 
 def _saved_summary(written, count: int, target) -> str:
-    """"saved 3 of 4 images to ... (2 good, 1 bad, 1 skipped; 1 was already there, 1 moved to its new label)"."""
+    """"saved 3 of 4 images to ... (2 good, 1 bad, 1 skipped; 1 already there; 1 moved to its new label)"."""
     good = sum(item.good for item in written)
     kept, moved = (sum(item.status == s for item in written) for s in ("kept", "relabelled"))
     repeats = f"; {kept} already there" * bool(kept) + f"; {moved} moved to its new label" * bool(moved)
