@@ -9,7 +9,8 @@ Every model (the base checkpoint without a LoRA, unless --no-base, and each labe
 `--num-images` images per prompt with the same seeds (`--seed + i`), so the columns differ by the
 LoRA alone. Prompts are subject templates (prompts.py; shipped sets: dreambooth_objects,
 dreambooth_live, heldout; or .txt files): "a {id} {cls} in the snow" is generated as "a sks
-plushie in the snow" and scored as "a plushie in the snow". Writes images/<label>/*.png, report.json, report.md and report.html.
+plushie in the snow" and scored as "a plushie in the snow". Writes images/<label>/*.png,
+report.json, report.md and report.html.
 """
 
 from __future__ import annotations

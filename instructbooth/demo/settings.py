@@ -122,7 +122,8 @@ class DemoConfig:
         return {"seed": self.seed, "reference_images": self.reference_images, "detailed": self.detailed,
                 "layout": self.layout, "subject_weight": self.subject_weight,
                 "personalize": self.personalize_settings().to_dict(), "rl": self.rl_settings().to_dict(),
-                "evaluation": asdict(self.evaluation), "class_images": self.class_images, "class_kind": self.class_kind, "showcase": self.showcase, "weights": self.weights}
+                "evaluation": asdict(self.evaluation), "class_images": self.class_images,
+                "class_kind": self.class_kind, "showcase": self.showcase, "weights": self.weights}
 
 
 def quick_config(seed: int = 0, weights: str | None = None) -> DemoConfig:

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import ClassVar
 
 from ..lora import UNET_ATTENTION_TARGETS, LoraConfig
-from ..sampling.sampler import SamplerSettings
+from ..sampling import SamplerSettings
 from ..training import non_finite_problem, precision_problem
 from .rwr import WEIGHTINGS as RWR_WEIGHTINGS
 
