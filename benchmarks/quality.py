@@ -8,6 +8,10 @@ Variants, per seed (photos, LoRA inits, training noise, evaluation seeds):
 - optional (--variants): subject_weighted (the reward with a 0.5 subject term, a labelled
   variant), no_plain_prompts (RL identifier ratio 1).
 
+--recipe picks the demo settings every variant runs with: "default" (DemoConfig) or
+"scene_prior" (demo/settings.py: prior preservation on the training scenes, RL with 256 samples
+per update, guidance 1), whose results go to quality_scene_prior.json / .md.
+
 Headline: subject-conditional alignment, per image the share of the instruction's attributes
 that hold, counted only where the subject is there (score_image). Also: the share of images
 with the subject and every attribute right, alignment, subject fidelity, and how often the
@@ -20,8 +24,9 @@ Progress is saved per variant and seed, so a stopped run continues (`--fresh` st
 
     OMP_NUM_THREADS=2 python benchmarks/quality.py                 # seeds 0-4, shipped model
     python benchmarks/quality.py --seeds 0 --variants subject_weighted
+    python benchmarks/quality.py --recipe scene_prior      # docs/quality_scene_prior.md
 
-Prints a table, writes benchmarks/results/quality.json and docs/quality.md.
+Prints a table, writes benchmarks/results/quality.json and docs/quality.md (default recipe).
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ from instructbooth.demo.pipeline import (  # noqa: E402
     personalize_subject,
     write_reference,
 )
-from instructbooth.demo.settings import DemoConfig, subject_weighted  # noqa: E402
+from instructbooth.demo.settings import RECIPES, DemoConfig, subject_weighted  # noqa: E402
 from instructbooth.lora import lora_merged  # noqa: E402
 from instructbooth.files import write_json, write_text  # noqa: E402
 
@@ -71,14 +76,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds (default 0-4)")
     parser.add_argument("--variants", nargs="*", default=[], choices=OPTIONAL, help="optional variants to add")
+    parser.add_argument("--recipe", default="default", choices=sorted(RECIPES),
+                        help="demo settings every variant runs with (default: the demo's own)")
     parser.add_argument("--weights", default=None, help="demo model folder or pretraining checkpoint (default shipped)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/instructbooth_quality"), help="scratch folder")
-    parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "quality.json")
-    parser.add_argument("--markdown", type=Path, default=REPO / "docs" / "quality.md")
+    parser.add_argument("--work", type=Path, help="scratch folder (default /tmp/instructbooth_quality[_RECIPE])")
+    parser.add_argument("--json", type=Path, help="default benchmarks/results/quality[_RECIPE].json")
+    parser.add_argument("--markdown", type=Path, help="default docs/quality[_RECIPE].md")
     parser.add_argument("--fresh", action="store_true", help="ignore results saved by an earlier run")
     parser.add_argument("--no-write", action="store_true", help="run and save progress, write no report")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    suffix = "" if args.recipe == "default" else f"_{args.recipe}"
+    args.work = args.work or Path(f"/tmp/instructbooth_quality{suffix}")
+    args.json = args.json or REPO / "benchmarks" / "results" / f"quality{suffix}.json"
+    args.markdown = args.markdown or REPO / "docs" / f"quality{suffix}.md"
+    return args
+
+
+def recipe_config(recipe: str, seed: int, weights: str | None) -> DemoConfig:
+    return RECIPES[recipe](DemoConfig(seed=seed, weights=weights))
 
 
 def log(message: str) -> None:
@@ -101,7 +117,7 @@ def rl_variant(config: DemoConfig, name: str) -> DemoConfig:
     return config
 
 
-def run_seed(components, seed: int, weights: str | None, variants: list[str], work: Path, done: dict, save) -> None:
+def run_seed(components, config: DemoConfig, variants: list[str], work: Path, done: dict, save) -> None:
     """Every variant of one seed; each result goes into `done[variant][seed]` and is saved."""
     def record(variant: str, evaluations: dict, seconds: float) -> None:
         entry = {split: e.summary() for split, e in evaluations.items()}
@@ -116,7 +132,7 @@ def run_seed(components, seed: int, weights: str | None, variants: list[str], wo
     def missing(*names: str) -> bool:
         return any(str(seed) not in done.get(v, {}) for v in names)
 
-    config = DemoConfig(seed=seed, weights=weights)
+    seed = config.seed
     folder = work / f"seed{seed}"
     if missing("base"):
         began = time.perf_counter()
@@ -216,7 +232,9 @@ def counts(done: dict, variant: str, name: str, split: str = "heldout") -> str:
 
 
 def markdown(table: dict, conditions: list[dict], meta: dict, done: dict) -> str:
-    out = ["# Quality on the embedded demo world", "",
+    recipe = meta.get("recipe", "default")
+    title = "# Quality on the embedded demo world" + ("" if recipe == "default" else f": the {recipe} recipe")
+    out = [title, "",
            "InstructBooth's comparison on the demo world of `instructbooth demo`, made by `benchmarks/quality.py`. "
            "Held-out prompts use colour-shape pairs never seen in pretraining, personalization or RL. "
            "**Subject-conditional alignment** (the headline): per image, the share of the instruction's attributes "
@@ -226,7 +244,9 @@ def markdown(table: dict, conditions: list[dict], meta: dict, done: dict) -> str
            "likeness of the striped diamond (0-1). **Subject shown**: share of images with the subject. "
            f"Mean of the per-seed means ± standard error over {len(meta['seeds'])} seeds "
            f"({', '.join(map(str, meta['seeds']))}); n: images behind each mean. The base model gets the "
-           "instructions without the subject.", ""]
+           "instructions without the subject." + ("" if recipe == "default" else
+           f" Every model runs with the `{recipe}` settings (instructbooth/demo/settings.py), not the demo's "
+           "default; see the Setup section."), ""]
     for split, title in (("heldout", "Held-out prompts (36 scenes x 2 images per seed)"),
                          ("train", "Training prompts (72 scenes x 2 images per seed)")):
         out += [f"## {title}", "",
@@ -278,11 +298,13 @@ def print_table(table: dict) -> None:
 
 
 def settings_line(config: DemoConfig) -> str:
+    prior = (f", prior preservation on {config.class_images} {config.class_kind} images "
+             f"(weight {config.personalize.prior_weight:g})" if config.class_images else "")
     return (f"demo settings: DreamBooth {config.personalize.steps} steps (lr {config.personalize.learning_rate:g}, "
-            f"rank {config.personalize.rank}); RL {config.rl.method} {config.rl.epochs} epochs x "
-            f"{config.rl.samples_per_epoch} samples, identifier ratio {config.rl.identifier_ratio:g}, the method's "
-            f"reward; evaluation {config.evaluation.per_prompt} images per prompt, {config.evaluation.steps} "
-            "sampler steps")
+            f"rank {config.personalize.lora_rank}{prior}); RL {config.rl.method} {config.rl.epochs} epochs x "
+            f"{config.rl.samples_per_epoch} samples (lr {config.rl.learning_rate:g}), identifier ratio "
+            f"{config.rl.identifier_ratio:g}, the method's reward; evaluation {config.evaluation.per_prompt} images "
+            f"per prompt, {config.evaluation.steps} sampler steps, guidance {config.evaluation.guidance:g}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -295,13 +317,15 @@ def main(argv: list[str] | None = None) -> int:
     components = load_model(args.weights)
     for seed in args.seeds:
         log(f"seed {seed}")
-        run_seed(components, seed, args.weights, variants, args.work, done, lambda: write_json(progress, done))
+        config = recipe_config(args.recipe, seed, args.weights)
+        run_seed(components, config, variants, args.work, done, lambda: write_json(progress, done))
     if args.no_write:
         return 0
     table = aggregate({v: done[v] for v in variants if v in done}, args.seeds)
     conditions = bar(table, done, args.seeds)
     machine = machine_record()
-    meta = {"seeds": args.seeds, "settings": settings_line(DemoConfig()), "weights": args.weights or "shipped",
+    meta = {"seeds": args.seeds, "recipe": args.recipe,
+            "settings": settings_line(recipe_config(args.recipe, 0, args.weights)), "weights": args.weights or "shipped",
             "minutes": (time.perf_counter() - started) / 60,
             "run_minutes": sum(r["seconds"] for v in variants for r in done.get(v, {}).values()) / 60,
             "machine": f"{machine['cpus']} CPUs, {machine['torch_threads']} threads, load average {machine['load_average']}"}

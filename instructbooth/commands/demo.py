@@ -3,6 +3,7 @@
     instructbooth demo                      # about 10 minutes on 2 CPU cores
     instructbooth demo --quick              # every stage in seconds (a smoke test)
     instructbooth demo --out my_demo --seed 3 --rl-epochs 30
+    instructbooth demo --recipe scene_prior  # the recipe in which RL brings the instruction back
 
 Personalizes the subject (a striped diamond, "sks toy") from 6 photos, measures the
 overfitting (alignment on instructions with the identifier vs. the base model on the
@@ -25,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--out", default="instructbooth_demo", help="folder for the report and its files (default instructbooth_demo)")
     add("--seed", type=int, default=0, help="seed of the photos, training and evaluation (default 0)")
     add("--quick", action="store_true", help="a seconds-long run of every stage (numbers mean nothing)")
+    add("--recipe", default="default", choices=("default", "scene_prior"),
+        help="demo settings: the default, or scene_prior (prior preservation on the training scenes, RL with "
+             "256 samples per update, guidance 1; see the README)")
     add("--weights", default=None, help="demo model folder or pretraining checkpoint (default: the shipped model)")
     add("--no-description", action="store_true", help="leave the detailed description out of the subject prompts")
     add("--personalize-steps", type=int, help="DreamBooth optimizer steps")
@@ -35,9 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    from ..demo.settings import DemoConfig, quick_config
+    from ..demo.settings import RECIPES, DemoConfig, quick_config
 
+    if args.quick and args.recipe != "default":
+        raise ValueError(f"--quick is a smoke test of the default settings; leave out --recipe {args.recipe}")
     config = quick_config(args.seed, args.weights) if args.quick else DemoConfig(seed=args.seed, weights=args.weights)
+    config = RECIPES[args.recipe](config)
     config = replace(config, detailed=not args.no_description)
     if args.personalize_steps is not None:
         config = replace(config, personalize=replace(config.personalize, steps=args.personalize_steps))

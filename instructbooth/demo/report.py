@@ -222,7 +222,7 @@ def report_blocks(metrics: dict, grids: dict[str, list[str]], reference_count: i
         Block("list", items=(
             f"DreamBooth: {personalize['steps']} steps, batch {personalize['batch_size']}, "
             f"learning rate {personalize['learning_rate']:g}, LoRA rank {personalize['lora_rank']}; "
-            f"description \"{personalize['description']}\"",
+            f"description \"{personalize['description']}\"" + prior_line(config),
             f"RL: {rl['method']}, {rl['epochs']} epochs of {rl['sample_batch_size'] * rl['sample_batches']} samples, "
             f"{rl['sample_steps']} sampler steps, guidance {rl['guidance']:g}, learning rate {rl['learning_rate']:g}, "
             f"LoRA rank {rl['lora_rank']}, identifier ratio {rl['identifier_ratio']:g}; reward: "
@@ -236,6 +236,14 @@ def report_blocks(metrics: dict, grids: dict[str, list[str]], reference_count: i
         )),
     ]
     return blocks
+
+
+def prior_line(config: dict) -> str:
+    """"; prior preservation on 72 scenes images (weight 0.1)" when the run had class images."""
+    if not config.get("class_images"):
+        return ""
+    return (f"; prior preservation on {config['class_images']} {config['class_kind']} images "
+            f"(weight {config['personalize']['prior_weight']:g})")
 
 
 GRID_TITLES = {
