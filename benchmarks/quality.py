@@ -55,6 +55,7 @@ from instructbooth.demo.pipeline import (  # noqa: E402
     personalize_subject,
     write_reference,
 )
+from instructbooth.demo.report import prior_line  # noqa: E402
 from instructbooth.demo.settings import RECIPES, DemoConfig, subject_weighted  # noqa: E402
 from instructbooth.lora import lora_merged  # noqa: E402
 from instructbooth.files import write_json, write_text  # noqa: E402
@@ -298,10 +299,8 @@ def print_table(table: dict) -> None:
 
 
 def settings_line(config: DemoConfig) -> str:
-    prior = (f", prior preservation on {config.class_images} {config.class_kind} images "
-             f"(weight {config.personalize.prior_weight:g})" if config.class_images else "")
     return (f"demo settings: DreamBooth {config.personalize.steps} steps (lr {config.personalize.learning_rate:g}, "
-            f"rank {config.personalize.lora_rank}{prior}); RL {config.rl.method} {config.rl.epochs} epochs x "
+            f"rank {config.personalize.lora_rank}{prior_line(config.to_dict())}); RL {config.rl.method} {config.rl.epochs} epochs x "
             f"{config.rl.samples_per_epoch} samples (lr {config.rl.learning_rate:g}), identifier ratio "
             f"{config.rl.identifier_ratio:g}, the method's reward; evaluation {config.evaluation.per_prompt} images "
             f"per prompt, {config.evaluation.steps} sampler steps, guidance {config.evaluation.guidance:g}")

@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 from instructbooth.cli import main
-from instructbooth.commands.demo import add_arguments, config_from_args
+from instructbooth.commands.demo import RECIPE_NAMES, add_arguments, config_from_args
 from instructbooth.demo.report import prior_line
 from instructbooth.demo.settings import RECIPES, DemoConfig, scene_prior
 from conftest import REPO
@@ -45,6 +45,7 @@ def test_scene_prior_keeps_the_objects_and_updates_on_256_samples():
     assert replace(config, class_images=0, class_kind="toy", personalize=DemoConfig().personalize,
                    evaluation=DemoConfig().evaluation, rl=DemoConfig().rl) == DemoConfig(seed=3)
     assert RECIPES["default"](DemoConfig(seed=3)) == DemoConfig(seed=3)
+    assert RECIPE_NAMES == tuple(RECIPES)  # the CLI's choices are the library's recipes
 
 
 def test_demo_cli_recipe_with_overrides_on_top():
@@ -73,7 +74,7 @@ def test_quality_writes_each_recipe_to_its_own_files(quality):
     assert (scene.json.name, scene.markdown.name) == ("quality_scene_prior.json", "quality_scene_prior.md")
     assert scene.work != default.work
     line = quality.settings_line(quality.recipe_config("scene_prior", 0, None))
-    assert "rank 16, prior preservation on 72 scenes images (weight 0.1)" in line
+    assert "rank 16; prior preservation on 72 scenes images (weight 0.1))" in line
     assert "20 epochs x 256 samples (lr 0.01)" in line and line.endswith("guidance 1")
     assert "prior preservation" not in quality.settings_line(quality.recipe_config("default", 0, None))
 

@@ -3,7 +3,7 @@
     instructbooth demo                      # about 10 minutes on 2 CPU cores
     instructbooth demo --quick              # every stage in seconds (a smoke test)
     instructbooth demo --out my_demo --seed 3 --rl-epochs 30
-    instructbooth demo --recipe scene_prior  # the recipe in which RL brings the instruction back
+    instructbooth demo --recipe scene_prior  # a labelled recipe that keeps the objects (see the README)
 
 Personalizes the subject (a striped diamond, "sks toy") from 6 photos, measures the
 overfitting (alignment on instructions with the identifier vs. the base model on the
@@ -18,6 +18,7 @@ import argparse
 import time
 from dataclasses import replace
 
+RECIPE_NAMES = ("default", "scene_prior")  # demo.settings.RECIPES, named here so --help needs no torch import
 HELP = "Run the whole method on a small built-in world on CPU and write a report."
 
 
@@ -26,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--out", default="instructbooth_demo", help="folder for the report and its files (default instructbooth_demo)")
     add("--seed", type=int, default=0, help="seed of the photos, training and evaluation (default 0)")
     add("--quick", action="store_true", help="a seconds-long run of every stage (numbers mean nothing)")
-    add("--recipe", default="default", choices=("default", "scene_prior"),
+    add("--recipe", default="default", choices=RECIPE_NAMES,
         help="demo settings: the default, or scene_prior (prior preservation on the training scenes, RL with "
              "256 samples per update, guidance 1; see the README)")
     add("--weights", default=None, help="demo model folder or pretraining checkpoint (default: the shipped model)")
