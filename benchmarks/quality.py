@@ -22,7 +22,7 @@ standard error of the per-image paired difference); fidelity >= 0.9x DreamBooth'
 
 Progress is saved per variant and seed, so a stopped run continues (`--fresh` starts over).
 
-    OMP_NUM_THREADS=2 python benchmarks/quality.py                 # seeds 0-4, shipped model
+    python benchmarks/quality.py                                   # seeds 0-4, shipped model
     python benchmarks/quality.py --seeds 0 --variants subject_weighted
     python benchmarks/quality.py --recipe scene_prior      # docs/quality_scene_prior.md
 
@@ -47,6 +47,7 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from instructbooth.commands.demo import DEMO_THREADS  # noqa: E402
 from instructbooth.demo.evaluate import ALONE, evaluate_model  # noqa: E402
 from instructbooth.demo.pipeline import (  # noqa: E402
     instruct,
@@ -80,7 +81,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--recipe", default="default", choices=sorted(RECIPES),
                         help="demo settings every variant runs with (default: the demo's own)")
     parser.add_argument("--weights", default=None, help="demo model folder or pretraining checkpoint (default shipped)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=DEMO_THREADS, help=f"torch CPU threads (default {DEMO_THREADS}, "
+                        "as instructbooth demo)")
     parser.add_argument("--work", type=Path, help="scratch folder (default /tmp/instructbooth_quality[_RECIPE])")
     parser.add_argument("--json", type=Path, help="default benchmarks/results/quality[_RECIPE].json")
     parser.add_argument("--markdown", type=Path, help="default docs/quality[_RECIPE].md")

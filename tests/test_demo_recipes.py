@@ -40,7 +40,7 @@ def test_scene_prior_keeps_the_objects_and_updates_on_256_samples():
     assert personalize.prior_preservation and personalize.prior_weight == 0.1 and personalize.seed == 3
     assert config.evaluation.guidance == rl.guidance == 1.0  # RL samples as the models are scored
     assert rl.samples_per_epoch == 256 == rl.train_batch_size * rl.gradient_accumulation_steps  # one step per epoch
-    assert (rl.learning_rate, rl.identifier_ratio, rl.epochs, rl.seed) == (1e-2, 0.5, 20, 3)
+    assert (rl.learning_rate, rl.identifier_ratio, rl.epochs, rl.seed) == (5e-3, 0.5, 25, 3)
     # everything else is the default demo's
     assert replace(config, class_images=0, class_kind="toy", personalize=DemoConfig().personalize,
                    evaluation=DemoConfig().evaluation, rl=DemoConfig().rl) == DemoConfig(seed=3)
@@ -75,7 +75,7 @@ def test_quality_writes_each_recipe_to_its_own_files(quality):
     assert scene.work != default.work
     line = quality.settings_line(quality.recipe_config("scene_prior", 0, None))
     assert "rank 16; prior preservation on 72 scenes images (weight 0.1))" in line
-    assert "20 epochs x 256 samples (lr 0.01)" in line and line.endswith("guidance 1")
+    assert "25 epochs x 256 samples (lr 0.005)" in line and line.endswith("guidance 1")
     assert "prior preservation" not in quality.settings_line(quality.recipe_config("default", 0, None))
 
 

@@ -19,6 +19,10 @@ import time
 from dataclasses import replace
 
 RECIPE_NAMES = ("default", "scene_prior")  # demo.settings.RECIPES, named here so --help needs no torch import
+# One thread: the demo's models are small, so a second thread barely helps (40 DreamBooth steps on an idle
+# 2-core machine: 5.2 s, against 4.7 s at 2 spinning threads and 12.7 s at 2 passive ones), and one thread
+# cannot collapse on a busy machine (under load 10: 17 s, where 2 threads, spinning or passive, took over 100 s).
+DEMO_THREADS = 1
 HELP = "Run the whole method on a small built-in world on CPU and write a report."
 
 
@@ -36,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--rl-epochs", type=int, help="RL epochs (sample -> reward -> train)")
     add("--identifier-ratio", type=float, help="share of RL prompts with the identifier (the rest without)")
     add("--eval-per-prompt", type=int, help="images per prompt when scoring the models")
-    add("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    add("--threads", type=int, default=DEMO_THREADS, help=f"torch CPU threads (default {DEMO_THREADS})")
 
 
 def config_from_args(args: argparse.Namespace):
