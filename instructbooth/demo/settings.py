@@ -155,7 +155,8 @@ def scene_prior(config: DemoConfig) -> DemoConfig:
     - RL: 256 samples per update (32 prompts x 8 images, one optimizer step per epoch); at the
       default 64 the gradient is mostly noise (seed 0: nothing moves at learning rate 3e-3, the reward
       falls at 1e-2). Learning rate 5e-3 for 25 epochs: at 1e-2 for 20 the reward collapsed after epoch
-      13 on seed 1 (the 5-seed headline 0.237 against 0.333 at 5e-3; the reward is still rising at 25).
+      13 on seed 1 (the 5-seed headline 0.237 against 0.333 at 5e-3). The reward still rises at epoch 25,
+      but 30 epochs scored lower on seeds 0 and 1 (0.198 and 0.250 against 0.215 and 0.274).
     - Guidance 1 (no classifier-free guidance) in RL and evaluation: one UNet pass per step, 18 s per
       RL epoch instead of 28; the base model scores 0.618 held-out alignment against 0.646 at guidance 2.
 
