@@ -1,6 +1,6 @@
 """`instructbooth demo`: the whole method on the built-in world of shapes, on a CPU.
 
-    instructbooth demo                      # about 10 minutes on 2 CPU cores
+    instructbooth demo                      # about 7 minutes on 2 CPU cores (seed 0: 410 s)
     instructbooth demo --quick              # every stage in seconds (a smoke test)
     instructbooth demo --out my_demo --seed 3 --rl-epochs 30
     instructbooth demo --recipe scene_prior  # a labelled recipe that keeps the objects (see the README)

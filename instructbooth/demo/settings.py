@@ -158,7 +158,8 @@ def scene_prior(config: DemoConfig) -> DemoConfig:
       13 on seed 1 (the 5-seed headline 0.237 against 0.333 at 5e-3). The reward still rises at epoch 25,
       but 30 epochs scored lower on seeds 0 and 1 (0.198 and 0.250 against 0.215 and 0.274).
     - Guidance 1 (no classifier-free guidance) in RL and evaluation: one UNet pass per step, 18 s per
-      RL epoch instead of 28 (2 threads; 22-24 s on one); the base model scores 0.618 held-out alignment against 0.646 at guidance 2.
+      RL epoch instead of 28 (2 threads; 22-24 s on one); the base model scores 0.618 held-out
+      alignment against 0.646 at guidance 2.
 
     Over 5 seeds the held-out headline goes 0.116 -> 0.333 (up on every seed by 3.4 standard errors or
     more); it meets 3 of issue 20's 4 bars and reaches 96% of the fourth (3x DreamBooth's: 0.348). A run
