@@ -8,9 +8,10 @@ Variants, per seed (photos, LoRA inits, training noise, evaluation seeds):
 - optional (--variants): subject_weighted (the reward with a 0.5 subject term, a labelled
   variant), no_plain_prompts (RL identifier ratio 1).
 
---recipe picks the demo settings every variant runs with: "default" (DemoConfig) or
-"scene_prior" (demo/settings.py: prior preservation on the training scenes, RL with 256 samples
-per update, guidance 1), whose results go to quality_scene_prior.json / .md.
+--recipe picks the demo settings every variant runs with: "default" (DemoConfig: prior
+preservation on the training scenes, RL on 256 samples per update, guidance 1) or "no_prior"
+(demo/settings.py: no prior preservation, RL on 64 samples per update, guidance 2), whose results
+go to quality_no_prior.json / .md.
 
 Headline: subject-conditional alignment, per image the share of the instruction's attributes
 that hold, counted only where the subject is there (score_image). Also: the share of images
@@ -24,7 +25,7 @@ Progress is saved per variant and seed, so a stopped run continues (`--fresh` st
 
     python benchmarks/quality.py                                   # seeds 0-4, shipped model
     python benchmarks/quality.py --seeds 0 --variants subject_weighted
-    python benchmarks/quality.py --recipe scene_prior      # docs/quality_scene_prior.md
+    python benchmarks/quality.py --recipe no_prior         # docs/quality_no_prior.md
 
 Prints a table, writes benchmarks/results/quality.json and docs/quality.md (default recipe).
 """
@@ -303,7 +304,8 @@ def print_table(table: dict) -> None:
 def settings_line(config: DemoConfig) -> str:
     return (f"demo settings: DreamBooth {config.personalize.steps} steps (lr {config.personalize.learning_rate:g}, "
             f"rank {config.personalize.lora_rank}{prior_line(config.to_dict())}); RL {config.rl.method} {config.rl.epochs} epochs x "
-            f"{config.rl.samples_per_epoch} samples (lr {config.rl.learning_rate:g}), identifier ratio "
+            f"{config.rl.samples_per_epoch} samples (lr {config.rl.learning_rate:g}, {config.rl.train_timesteps} of "
+            f"{config.rl.sample_steps} steps trained), identifier ratio "
             f"{config.rl.identifier_ratio:g}, the method's reward; evaluation {config.evaluation.per_prompt} images "
             f"per prompt, {config.evaluation.steps} sampler steps, guidance {config.evaluation.guidance:g}")
 

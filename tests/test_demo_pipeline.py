@@ -40,7 +40,8 @@ def test_quick_demo_writes_every_file(quick_run):
     out, _ = quick_run
     for name in ("report.md", "report.html", "demo_metrics.json", "reference.png", "grid_train.png", "grid_subject.png",
                  "grid_heldout.png", "dreambooth.safetensors", "instructbooth.safetensors", "rl/metrics.json",
-                 "rl/reward_curve.png", "reference/subject_0.png", "reference/subject_0.txt"):
+                 "rl/reward_curve.png", "reference/subject_0.png", "reference/subject_0.txt", "class/class_0.png",
+                 "class/class_0.txt"):
         assert (out / name).is_file(), name
     caption = (out / "reference/subject_0.txt").read_text().strip()
     assert caption.startswith("on a ") and caption.endswith(" background next to sks toy with pink and cyan stripes")
@@ -77,6 +78,9 @@ def test_report_has_sections_and_the_metrics_numbers(quick_run):
     rl = json.loads((out / "rl/metrics.json").read_text())["epochs"]
     assert metrics["rl"]["history"] == rl and metrics["rl"]["epochs"] == 2
     assert set(metrics["time"]["stages"]) >= {"personalize", "rl", "evaluate base"}
+    settings = markdown.split("## Settings and time", 1)[1]  # the quick run: 4 steps, window 0.5
+    assert "4 sampler steps (2 of the first 2 trained per sample)" in settings
+    assert "prior preservation on 3 scenes images (weight 0.1)" in settings
 
 
 def table_numbers(markdown: str) -> list[list[str]]:

@@ -244,7 +244,7 @@ def test_timestep_window_trains_only_the_early_steps(monkeypatch):
     picked = []
     real_update = algorithms.ddpo_update
 
-    def spy(ctx, samples, rows, step_index, advantages, identifier, scale):
+    def spy(ctx, samples, rows, step_index, advantages, identifier, scale, backward=None):
         picked.append(step_index.clone())
         return real_update(ctx, samples, rows, step_index, advantages, identifier, scale)
 

@@ -1,9 +1,9 @@
 """`instructbooth demo`: the whole method on the built-in world of shapes, on a CPU.
 
-    instructbooth demo                      # about 7 minutes on 2 CPU cores (seed 0: 410 s)
+    instructbooth demo                      # under 10 minutes on 2 CPU cores (seed 0: TIME s)
     instructbooth demo --quick              # every stage in seconds (a smoke test)
     instructbooth demo --out my_demo --seed 3 --rl-epochs 30
-    instructbooth demo --recipe scene_prior  # a labelled recipe that keeps the objects (see the README)
+    instructbooth demo --recipe no_prior    # the labelled recipe without prior preservation (see the README)
 
 Personalizes the subject (a striped diamond, "sks toy") from 6 photos, measures the
 overfitting (alignment on instructions with the identifier vs. the base model on the
@@ -18,7 +18,7 @@ import argparse
 import time
 from dataclasses import replace
 
-RECIPE_NAMES = ("default", "scene_prior")  # demo.settings.RECIPES, named here so --help needs no torch import
+RECIPE_NAMES = ("default", "no_prior")  # demo.settings.RECIPES, named here so --help needs no torch import
 # One thread: the demo's models are small, so a second thread barely helps (40 DreamBooth steps on an idle
 # 2-core machine: 5.2 s, against 4.7 s at 2 spinning threads and 12.7 s at 2 passive ones), and one thread
 # cannot collapse on a busy machine (under load 10: 17 s, where 2 threads, spinning or passive, took over 100 s).
@@ -32,8 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--seed", type=int, default=0, help="seed of the photos, training and evaluation (default 0)")
     add("--quick", action="store_true", help="a seconds-long run of every stage (numbers mean nothing)")
     add("--recipe", default="default", choices=RECIPE_NAMES,
-        help="demo settings: the default, or scene_prior (prior preservation on the training scenes, RL with "
-             "256 samples per update, guidance 1; see the README)")
+        help="demo settings: the default (prior preservation on the training scenes, RL on 256 samples per "
+             "update), or no_prior (no prior preservation, RL on 64 samples per update; see the README)")
     add("--weights", default=None, help="demo model folder or pretraining checkpoint (default: the shipped model)")
     add("--no-description", action="store_true", help="leave the detailed description out of the subject prompts")
     add("--personalize-steps", type=int, help="DreamBooth optimizer steps")

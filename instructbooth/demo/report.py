@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..images import tensor_to_pil
 from ..files import write_text
+from ..rl.config import RLConfig
 from .evaluate import ALONE
 
 MODEL_NAMES = {"base": "Base model", "dreambooth": "DreamBooth", "instructbooth": "InstructBooth"}
@@ -224,7 +225,8 @@ def report_blocks(metrics: dict, grids: dict[str, list[str]], reference_count: i
             f"learning rate {personalize['learning_rate']:g}, LoRA rank {personalize['lora_rank']}; "
             f"description \"{personalize['description']}\"" + prior_line(config),
             f"RL: {rl['method']}, {rl['epochs']} epochs of {rl['sample_batch_size'] * rl['sample_batches']} samples, "
-            f"{rl['sample_steps']} sampler steps, guidance {rl['guidance']:g}, learning rate {rl['learning_rate']:g}, "
+            f"{rl['sample_steps']} sampler steps ({trained_steps(rl)} trained per sample), guidance {rl['guidance']:g}, "
+            f"learning rate {rl['learning_rate']:g}, "
             f"LoRA rank {rl['lora_rank']}, identifier ratio {rl['identifier_ratio']:g}; reward: "
             + (f"subject-weighted variant ({config['subject_weight']:g} x subject)" if config.get("subject_weight")
                is not None else "the method's (class-noun prompt, no subject term)"),
@@ -236,6 +238,12 @@ def report_blocks(metrics: dict, grids: dict[str, list[str]], reference_count: i
         )),
     ]
     return blocks
+
+
+def trained_steps(rl: dict) -> str:
+    """"2 of the first 5": the sampler steps RL trains on per sample (RLConfig.train_timesteps)."""
+    config = RLConfig.from_dict(rl)
+    return f"{config.train_timesteps} of the first {config.window_steps}"
 
 
 def prior_line(config: dict) -> str:

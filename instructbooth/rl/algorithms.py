@@ -25,7 +25,7 @@ from .config import RLConfig
 from ..seeds import generator_for
 from .context import RunContext
 from .rwr import reward_weights
-from .updates import Regulariser, StepStats, ddpo_update, rwr_update
+from .updates import Backward, Regulariser, StepStats, ddpo_update, rwr_update
 
 
 class Algorithm(Protocol):
@@ -36,9 +36,10 @@ class Algorithm(Protocol):
         advantage fell back from per-prompt statistics (None where that does not apply)."""
 
     def backward(self, ctx: RunContext, samples, rows: torch.Tensor, signal: torch.Tensor, identifier: torch.Tensor,
-                 draw: tuple, scale: float, slots: torch.Tensor) -> StepStats:
-        """Back-propagates the loss of the micro-batch at local `rows` times `scale`; `draw` =
-        (epoch, inner epoch, update) and `slots` the rows' places in that optimizer step."""
+                 draw: tuple, scale: float, slots: torch.Tensor, backward: Backward | None = None) -> StepStats:
+        """Back-propagates the loss of the micro-batch at local `rows` times `scale` (with `backward`,
+        default the precision's); `draw` = (epoch, inner epoch, update) and `slots` the rows'
+        places in that optimizer step."""
 
 
 @dataclass
@@ -56,9 +57,9 @@ class DDPO:
             advantages = batch_advantages(samples.rewards)
         return clip_advantages(advantages.values, self.config.adv_clip), advantages.fallback_share
 
-    def backward(self, ctx, samples, rows, signal, identifier, draw, scale, slots) -> StepStats:
+    def backward(self, ctx, samples, rows, signal, identifier, draw, scale, slots, backward=None) -> StepStats:
         steps = self.step_index(samples, rows, draw[0], draw[1])
-        return ddpo_update(ctx, samples.trajectories, rows, steps, signal, identifier, scale)
+        return ddpo_update(ctx, samples.trajectories, rows, steps, signal, identifier, scale, backward)
 
     def step_index(self, samples, rows: torch.Tensor, epoch: int, inner: int) -> torch.Tensor:
         """[m, K]: the K trajectory steps trained on for each sample, a seeded random subset (of
@@ -79,8 +80,8 @@ class RWR:
     def signal(self, tracker: PerPromptStatTracker, samples) -> tuple[torch.Tensor, None]:
         return reward_weights(samples.rewards, self.weighting, self.config.rwr_temperature), None
 
-    def backward(self, ctx, samples, rows, signal, identifier, draw, scale, slots) -> StepStats:
-        return rwr_update(ctx, samples.trajectories, rows, signal, draw, scale, slots, self.regulariser)
+    def backward(self, ctx, samples, rows, signal, identifier, draw, scale, slots, backward=None) -> StepStats:
+        return rwr_update(ctx, samples.trajectories, rows, signal, draw, scale, slots, self.regulariser, backward)
 
 
 def uses_regulariser(config: RLConfig) -> bool:

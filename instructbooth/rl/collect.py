@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -17,6 +18,7 @@ from ..prompts import IDENTIFIER, DrawnPrompt, RLPrompts
 from ..sampling import Trajectories, sample_images, sample_trajectories
 from .config import RLConfig
 from ..seeds import derive_seed, generator_for
+from ..threads import in_order
 from .context import RunContext
 
 
@@ -54,31 +56,28 @@ def score(ctx: RunContext, fn, images: torch.Tensor, prompts: list[str], metadat
 
 @torch.no_grad()
 def collect_samples(ctx: RunContext, epoch: int) -> EpochSamples:
+    """Samples the epoch's batches (`parallel_batches` at a time) and scores them in order."""
     config, processes = ctx.config, ctx.processes
     size, world = config.sample_batch_size, processes.world_size
     generator = generator_for(config.seed, epoch, "prompts")
     epoch_prompts = draw_epoch_prompts(ctx.prompts, config, config.sample_batches * world * size, generator)
-    parts, drawn_all, rewards, rows, subject_scores = [], [], [], [], []
-    sample_seconds = reward_seconds = 0.0
-    preview = None
+    batches = []  # (every process's prompts, this process's prompts and seeds)
     for batch in range(config.sample_batches):
         drawn = epoch_prompts[batch * world * size:(batch + 1) * world * size]
         seeds = torch.randint(0, 2**62, (world * size,), generator=generator).tolist()
         mine = processes.local_slice(size)
-        local, local_seeds = drawn[mine], seeds[mine]
-
-        start = time.perf_counter()
-        with ctx.precision.autocast():
-            trajectories = sample_trajectories(
-                ctx.components, [d.text for d in local], local_seeds, config.sampler(), embeddings=ctx.embeddings,
-                schedule=ctx.schedule, prompt_ids=torch.tensor([d.template for d in local]))
-            images = decode_latents(ctx.components, trajectories.final_latents)
+        batches.append((drawn, drawn[mine], seeds[mine]))
+        encode_once(ctx, [d.text for d in drawn[mine]])  # here, in this order: the cache as one batch at a time fills it
+    parts, drawn_all, rewards, rows, subject_scores = [], [], [], [], []
+    reward_seconds, preview, began = 0.0, None, time.perf_counter()
+    jobs = [partial(_sample_batch, ctx, local, local_seeds) for _, local, local_seeds in batches]
+    for batch, ((drawn, local, local_seeds), (trajectories, images)) in enumerate(
+            zip(batches, in_order(jobs, config.parallel_batches))):
         middle = time.perf_counter()
         metadata = [reward_metadata(ctx, d, s) for d, s in zip(local, local_seeds)]
         local_rewards = score(ctx, ctx.reward_fn, images, [d.reward_text for d in local], metadata, "reward")
         subject_scores += _subject_scores(ctx, images, local, metadata)
         reward_seconds += time.perf_counter() - middle
-        sample_seconds += middle - start
 
         preview = images[0].float().cpu() if preview is None else preview
         parts.append(trajectories)
@@ -88,8 +87,25 @@ def collect_samples(ctx: RunContext, epoch: int) -> EpochSamples:
     return EpochSamples(
         trajectories=Trajectories.cat(parts), drawn=drawn_all, rewards=torch.cat(rewards),
         local_rows=torch.cat(rows), subject_scores=processes.gather_objects(subject_scores), preview=preview,
-        sample_seconds=sample_seconds, reward_seconds=reward_seconds,
+        sample_seconds=time.perf_counter() - began - reward_seconds, reward_seconds=reward_seconds,
     )
+
+
+def encode_once(ctx: RunContext, prompts: list[str]) -> None:
+    """Puts the prompts (and, with guidance, the negative prompt) into the embedding cache as the
+    sampler would, so that sampling threads only read it."""
+    ctx.embeddings(prompts)
+    if ctx.config.guidance != 1.0:
+        ctx.embeddings([ctx.config.negative_prompt])
+
+
+def _sample_batch(ctx: RunContext, local: list[DrawnPrompt], seeds: list[int]) -> tuple[Trajectories, torch.Tensor]:
+    """One sampling batch's trajectories and decoded images (run in a worker thread or here)."""
+    with torch.no_grad(), ctx.precision.autocast():
+        trajectories = sample_trajectories(
+            ctx.components, [d.text for d in local], seeds, ctx.config.sampler(), embeddings=ctx.embeddings,
+            schedule=ctx.schedule, prompt_ids=torch.tensor([d.template for d in local]))
+        return trajectories, decode_latents(ctx.components, trajectories.final_latents)
 
 
 def draw_epoch_prompts(prompts: RLPrompts, config: RLConfig, count: int, generator: torch.Generator

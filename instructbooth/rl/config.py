@@ -22,7 +22,8 @@ class RLConfig:
     field's comment gives the reason and the number; benchmarks/ and docs/quality.md hold them)."""
 
     RUN_LENGTH: ClassVar[str] = "epochs"  # a resumed run may be longer or shorter
-    RUN_CONTROL: ClassVar[tuple[str, ...]] = ("keep_checkpoints", "heldout_every")  # do not change the LoRA
+    RUN_CONTROL: ClassVar[tuple[str, ...]] = (  # settings that do not change the LoRA
+        "keep_checkpoints", "heldout_every", "parallel_batches")
 
     method: str = "ddpo"  # "ddpo": clipped importance-sampled policy gradient (Black et al. 2023);
     #   "rwr": reward-weighted denoising loss (rwr_weighting) + beta x regulariser, fresh samples every epoch;
@@ -90,6 +91,9 @@ class RLConfig:
     heldout_seeds: int = 1  # samples per held-out prompt (fixed seeds, comparable across epochs)
     mixed_precision: str = "no"  # "no", "fp16" or "bf16": frozen weights in 16 bits, LoRA and DDIM math in fp32
     gradient_checkpointing: bool = False  # recompute UNet activations in backward (less memory, slower)
+    parallel_batches: int = 1  # CPU, DDPO: sampling batches and micro-batches run this many at once, each in its own
+    #   Python thread with one torch thread (the demo on 2 cores: 2, an RL epoch in about half the time); the results
+    #   are the same bit for bit; each running micro-batch holds its own graph in memory
     seed: int = 0  # seeds prompts, noise, shuffles and the LoRA init
     keep_checkpoints: int = 2  # newest per-epoch checkpoints kept on disk
 
@@ -133,6 +137,19 @@ class RLConfig:
             yield "inner_epochs must be >= 1"
         if self.kl_weight < 0 or (self.kl_weight > 0 and self.method != "ddpo"):
             yield "kl_weight must be >= 0 and only applies to method 'ddpo' (RWR's guard is rwr_beta)"
+        yield from self._parallel_problems()
+
+    def _parallel_problems(self):
+        if self.parallel_batches < 1:
+            yield f"parallel_batches must be >= 1 (1: one batch at a time), got {self.parallel_batches}"
+        elif self.parallel_batches > 1:
+            shared = [(self.method != "ddpo", f"method {self.method!r} (its regulariser prompts share one cache)"),
+                      (self.kl_weight > 0, "kl_weight > 0 (the KL guard switches the LoRA off for every thread)"),
+                      (self.mixed_precision == "fp16", "fp16 (one gradient scaler for every thread)")]
+            for clash, why in shared:
+                if clash:
+                    yield f"parallel_batches > 1 runs DDPO batches in threads and cannot be used with {why}; set " \
+                          "parallel_batches=1"
         if self.continue_base_lora and self.kl_weight > 0:
             yield "kl_weight needs a new LoRA on top of the personalized one (continue_base_lora=False)"
 

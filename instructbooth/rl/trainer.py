@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -29,8 +30,10 @@ from ..lora import LoraMetadata
 from ..prompts import HELDOUT, IDENTIFIER, RLPrompts
 from ..sampling import PromptEmbeddingCache, ddim_schedule
 from ..subject_data import ImageSource, load_subject_images, training_photos
+from ..threads import in_order
 from ..training import (
     CheckpointStore,
+    GradientRecorder,
     Precision,
     StepCallback,
     StepReport,
@@ -143,6 +146,9 @@ def train_rl(
 
 def _refuse_before_work(components: SDComponents, config: RLConfig, base_lora, no_regulariser_images: bool) -> None:
     require_finite_weights(components.modules(), "the base model")
+    if config.parallel_batches > 1 and components.device.type != "cpu":
+        raise ValueError(f"parallel_batches > 1 runs batches in CPU threads; the model is on {components.device}: "
+                         "set parallel_batches=1")
     if base_lora is not None and non_finite_keys(base_lora):
         raise ValueError("the personalized LoRA holds NaN or inf weights: it was saved from a diverged run; "
                          "personalize again with a lower learning rate")
@@ -266,12 +272,26 @@ def accumulate(ctx: RunContext, algorithm: Algorithm, samples: EpochSamples, mic
     scaled by 1 / their number: the accumulated gradient is the mean over all their samples
     (and trained timesteps), the same as one batch of all of them. `signal` holds DDPO
     advantages or RWR weights per local row; `draw` = (epoch, inner epoch, update)."""
-    scale, stats, offset = 1.0 / len(micro_batches), [], 0
+    scale, offsets = 1.0 / len(micro_batches), [0]
     for rows in micro_batches:
-        slots = torch.arange(offset, offset + len(rows))
-        stats.append(algorithm.backward(ctx, samples, rows, signal[rows], identifier[rows], draw, scale, slots))
-        offset += len(rows)
+        offsets.append(offsets[-1] + len(rows))
+    parts = [(rows, signal[rows], identifier[rows], draw, scale, torch.arange(start, start + len(rows)))
+             for rows, start in zip(micro_batches, offsets)]
+    if ctx.config.parallel_batches == 1:
+        return [algorithm.backward(ctx, samples, *part) for part in parts]
+    stats = []
+    for stat, recorder in in_order([partial(_recorded, ctx, algorithm, samples, part) for part in parts],
+                                   ctx.config.parallel_batches):
+        recorder.add_to()  # in the micro-batches' order, as one-by-one back-propagation adds them
+        stats.append(stat)
     return stats
+
+
+def _recorded(ctx: RunContext, algorithm: Algorithm, samples: EpochSamples, part: tuple
+              ) -> tuple[StepStats, GradientRecorder]:
+    """One micro-batch in a worker thread: its statistics and its recorded gradients."""
+    recorder = GradientRecorder(ctx.precision, ctx.policy.params)
+    return algorithm.backward(ctx, samples, *part, backward=recorder.backward), recorder
 
 
 def _minibatches(ctx: RunContext, samples: EpochSamples, epoch: int, inner: int) -> list[torch.Tensor]:

@@ -8,6 +8,7 @@ their samples); the trainer averages them over processes and steps the optimizer
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -17,6 +18,9 @@ from .context import RunContext
 from .ddpo import ddpo_loss, gaussian_step_kl
 from .rwr import rwr_loss
 from ..training import draw_noise, noised
+
+
+Backward = Callable[[torch.Tensor], None]  # back-propagates a loss (Precision.backward, GradientRecorder.backward)
 
 
 @dataclass(frozen=True)
@@ -49,10 +53,12 @@ def ddpo_update(
     advantages: torch.Tensor,
     identifier: torch.Tensor,
     scale: float = 1.0,
+    backward: Backward | None = None,
 ) -> StepStats:
     """DDPO on the samples at `rows` [m]: for each column j of step_index [m, K] (a step of
     each trajectory), re-score that step under the current model and back-propagate the
-    clipped surrogate (plus the KL guard on identifier samples), times scale / K."""
+    clipped surrogate (plus the KL guard on identifier samples), times scale / K, with
+    `backward` (default `ctx.precision.backward`; a GradientRecorder's in a worker thread)."""
     config, device = ctx.config, ctx.device
     uncond = ctx.uncond()
     rows_dev = rows.to(device)
@@ -71,7 +77,7 @@ def ddpo_update(
         policy = ddpo_loss(log_prob, samples.log_probs[rows_dev, index], adv, config.clip_range)
         penalty = _kl_penalty(ctx, step, x_t, timesteps, embeds, uncond, kl_rows)
         loss = policy.loss + config.kl_weight * penalty
-        ctx.precision.backward(loss * (scale / steps))
+        (backward or ctx.precision.backward)(loss * (scale / steps))
         totals += torch.tensor([loss.item(), policy.clip_fraction.item(), policy.approx_kl.item(), penalty.item()])
     loss, clip_fraction, approx_kl, kl = (totals / steps).tolist()
     return StepStats(loss=loss, clip_fraction=clip_fraction, approx_kl=approx_kl, kl_penalty=kl)
@@ -100,6 +106,7 @@ def noised_at_random(ctx: RunContext, latents: torch.Tensor, generator: torch.Ge
 def rwr_update(
     ctx: RunContext, samples: Trajectories, rows: torch.Tensor, weights: torch.Tensor, draw: tuple,
     scale: float = 1.0, slots: torch.Tensor | None = None, regulariser: Regulariser | None = None,
+    backward: Backward | None = None,
 ) -> StepStats:
     """Reward-weighted denoising loss on the final latents at `rows` plus rwr_beta times
     the denoising loss on the regulariser's images, one batched UNet call, back-propagated times
@@ -124,7 +131,7 @@ def rwr_update(
     m = len(rows)
     losses = rwr_loss(prediction[:m], targets, weights.to(device),
                       prediction[m:] if prior else None, p_targets if prior else None, config.rwr_beta)
-    ctx.precision.backward(losses.loss * scale)
+    (backward or ctx.precision.backward)(losses.loss * scale)
     return StepStats(loss=losses.loss.item(), weighted=losses.weighted.item(), prior=losses.prior.item())
 
 

@@ -55,8 +55,12 @@ class Precision:
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=self.dtype)
 
+    def scaled(self, loss: torch.Tensor) -> torch.Tensor:
+        """The loss as back-propagated: times the fp16 gradient scale, else as it is."""
+        return self.scaler.scale(loss) if self.scaler is not None else loss
+
     def backward(self, loss: torch.Tensor) -> None:
-        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        self.scaled(loss).backward()
 
     def step(self, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], max_norm: float | None) -> float:
         """Unscales (fp16), clips to `max_norm` (None: no clipping) and steps the optimizer.
@@ -80,6 +84,32 @@ class Precision:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.scaler is not None and state:
             self.scaler.load_state_dict(state)
+
+
+class GradientRecorder:
+    """Stands in for `Precision.backward` where micro-batches run in threads: each call keeps its
+    gradients (torch.autograd.grad) instead of adding them to `.grad`, and `add_to` adds them
+    later in call order: the sums `.grad` would have got, bit for bit, with no two threads
+    writing it at once."""
+
+    def __init__(self, precision: Precision, params: list[torch.nn.Parameter]):
+        self.precision, self.params, self.parts = precision, params, []
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.parts.append(torch.autograd.grad(self.precision.scaled(loss), self.params, allow_unused=True))
+
+    def add_to(self) -> None:
+        """Adds the recorded gradients to the parameters' `.grad`, in the order they were recorded."""
+        with torch.no_grad():
+            for part in self.parts:
+                for param, grad in zip(self.params, part):
+                    if grad is None:
+                        continue
+                    if param.grad is None:
+                        param.grad = grad
+                    else:
+                        param.grad += grad
+        self.parts = []
 
 
 @contextlib.contextmanager
