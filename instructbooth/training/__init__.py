@@ -43,10 +43,10 @@ from .harness import (
 from .precision import PRECISIONS, GradientRecorder, Precision, gradient_checkpointing, precision_problem
 
 __all__ = [
-    "PRECISIONS", "CheckpointStore", "NonFiniteLossError", "Precision", "StepCallback", "StepReport", "StopTraining",
+    "PRECISIONS", "CheckpointStore", "GradientRecorder", "NonFiniteLossError", "Precision", "StepCallback", "StepReport", "StopTraining",
     "adamw", "capture_rng", "check_resumable", "config_mismatch", "denoising_target", "draw_noise",
     "gradient_checkpointing", "guarded_step", "learning_rate_at", "noised", "non_finite_keys", "non_finite_problem",
-    "GradientRecorder", "non_finite_settings", "notify", "per_sample_mse", "precision_problem", "require_finite", "require_finite_weights", "restore_rng",
+    "non_finite_settings", "notify", "per_sample_mse", "precision_problem", "require_finite", "require_finite_weights", "restore_rng",
     "restore_trainer_state", "resumable_changes", "sampled_fingerprint", "set_learning_rate", "state_fingerprint", "trainer_state",
     "training_mode",
 ]
